@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# The local runtime without Docker: a single-node KRaft Apache Kafka broker, Apicurio Registry
+# (Confluent-compatible API) and PostgreSQL (the DuckLake catalog and the registry's storage), all
+# on loopback. Everything it starts is recorded by pid and only those processes are stopped.
+#
+#   deploy/local/stack.sh fetch    download Kafka + Apicurio from Maven Central (idempotent)
+#   deploy/local/stack.sh up       start what is not running, wait until ready (idempotent)
+#   deploy/local/stack.sh down     stop what this script started (data is kept)
+#   deploy/local/stack.sh status   one line per component, exit 1 if any is down
+#   deploy/local/stack.sh env      print the environment variables that point at the stack
+#   deploy/local/stack.sh reset    down, then delete all data
+#
+# State lives in $REFTRAIN_STACK_DIR (default .local/stack, git-ignored): topics, registered
+# schemas and the catalog survive `down && up`.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+RUNTIME="$HERE/.runtime"
+STATE="${REFTRAIN_STACK_DIR:-$REPO/.local/stack}"
+KAFKA_PORT="${REFTRAIN_KAFKA_PORT:-19092}"
+CONTROLLER_PORT="${REFTRAIN_CONTROLLER_PORT:-19093}"
+REGISTRY_PORT="${REFTRAIN_REGISTRY_PORT:-18081}"
+REGISTRY_MGMT_PORT="${REFTRAIN_REGISTRY_MGMT_PORT:-19000}"
+PG_PORT="${REFTRAIN_PG_PORT:-15432}"
+PG_USER_OS="${REFTRAIN_PG_OS_USER:-postgres}"
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# --- prerequisites --------------------------------------------------------------------------
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && { echo "$d"; return; }; done
+  return 1
+}
+
+ensure_debian_packages() {
+  local missing=()
+  pg_bin >/dev/null || missing+=(postgresql)
+  command -v kcat >/dev/null || missing+=(kcat)
+  command -v mvn >/dev/null || missing+=(maven)
+  [ ${#missing[@]} -eq 0 ] && return
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+  log "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's package starts a cluster of its own on 5432; we run ours on $PG_PORT and leave it be.
+}
+
+java_for_registry() {
+  # Apicurio Registry 3.3 is compiled for Java 21 (class file 65); Kafka 4 runs on 17.
+  local j v
+  for j in "${REGISTRY_JAVA:-}" "$(command -v java || true)" /usr/lib/jvm/*/bin/java; do
+    [ -n "$j" ] && [ -x "$j" ] || continue
+    v=$("$j" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+    if [ -n "$v" ] && [ "$v" -ge 21 ]; then echo "$j"; return; fi
+  done
+  die "Apicurio Registry needs Java 21 or newer; none found (set REGISTRY_JAVA=/path/to/java)"
+}
+
+cmd_fetch() {
+  ensure_debian_packages
+  if [ -f "$RUNTIME/apicurio/quarkus-run.jar" ] && [ -f "$RUNTIME/kafka-libs/.complete" ]; then return; fi
+  log "fetching Apache Kafka and Apicurio Registry from Maven Central (once)"
+  rm -rf "$RUNTIME"
+  mvn -q -B -f "$HERE/pom.xml" package >&2
+  touch "$RUNTIME/kafka-libs/.complete"
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$PG_USER_OS" -- "$@"; else "$@"; fi; }
+
+pg_up() {
+  local bin; bin="$(pg_bin)" || die "PostgreSQL not installed"
+  local data="$STATE/pg"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $data"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown -R "$PG_USER_OS" "$data"
+    chmod 700 "$data"
+    as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return; fi
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  local db
+  for db in reftrain registry; do
+    if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
+      "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "create database $db" >/dev/null
+    fi
+  done
+}
+
+pg_down() {
+  local bin; bin="$(pg_bin)" || return 0
+  [ -f "$STATE/pg/PG_VERSION" ] || return 0
+  if as_pg "$bin/pg_ctl" -D "$STATE/pg" status >/dev/null 2>&1; then
+    log "stopping PostgreSQL"
+    as_pg "$bin/pg_ctl" -D "$STATE/pg" -m fast -w stop >/dev/null
+  fi
+}
+
+pg_status() {
+  local bin; bin="$(pg_bin)" || { echo "postgres: not installed"; return 1; }
+  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then echo "postgres: up 127.0.0.1:$PG_PORT"; else echo "postgres: down"; return 1; fi
+}
+
+# --- Kafka ------------------------------------------------------------------------------------
+kafka_up() {
+  local dir="$STATE/kafka" pidf="$STATE/kafka.pid"
+  pid_alive "$pidf" && return
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=67108864
+EOF
+  cat >"$dir/log4j2.yaml" <<EOF
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: $dir/server.log
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+EOF
+  local cp="$RUNTIME/kafka-libs/*"
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting KRaft storage"
+    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | head -c 22)" \
+      -c "$dir/server.properties" --standalone >/dev/null
+  fi
+  log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
+  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$pidf"
+}
+
+# --- Apicurio Registry --------------------------------------------------------------------------
+registry_up() {
+  local dir="$STATE/registry" pidf="$STATE/registry.pid"
+  pid_alive "$pidf" && return
+  mkdir -p "$dir"
+  local java; java="$(java_for_registry)"
+  log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (storage: PostgreSQL)"
+  (cd "$RUNTIME/apicurio" && exec nohup "$java" -Xms128m -Xmx512m \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$REGISTRY_MGMT_PORT" \
+    -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
+    -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
+    -Dapicurio.datasource.username=postgres -Dapicurio.datasource.password=postgres \
+    -Dapicurio.rest.deletion.artifact.enabled=true -Dapicurio.rest.deletion.artifact-version.enabled=true \
+    -jar quarkus-run.jar >"$dir/stdout.log" 2>&1) &
+  echo $! >"$pidf"
+}
+
+stop_pid() {
+  local name="$1" pidf="$2"
+  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
+  local pid; pid="$(cat "$pidf")"
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && { log "$name did not stop in 30 s; killing"; kill -KILL "$pid" 2>/dev/null || true; }
+  rm -f "$pidf"
+}
+
+export_env() {
+  cat <<EOF
+export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+export SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
+export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=postgres'
+export STORE_DATA_PATH=$STATE/lake
+EOF
+}
+
+wait_ready() {
+  eval "$(export_env)"
+  [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
+  "$PYTHON" "$HERE/wait_ready.py" --timeout "${1:-120}" || {
+    log "stack not ready; last lines of the logs:"
+    tail -n 20 "$STATE/kafka/server.log" "$STATE/registry/stdout.log" 2>/dev/null >&2 || true
+    exit 1
+  }
+}
+
+case "${1:-}" in
+  fetch) cmd_fetch ;;
+  up)
+    cmd_fetch
+    mkdir -p "$STATE/lake"
+    pg_up
+    kafka_up
+    registry_up
+    wait_ready 180
+    log "ready: $(export_env | tr '\n' ' ')"
+    ;;
+  down)
+    stop_pid registry "$STATE/registry.pid"
+    stop_pid kafka "$STATE/kafka.pid"
+    pg_down
+    ;;
+  status)
+    rc=0
+    pg_status || rc=1
+    if pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
+    if pid_alive "$STATE/registry.pid"; then echo "registry: up http://127.0.0.1:$REGISTRY_PORT (pid $(cat "$STATE/registry.pid"))"; else echo "registry: down"; rc=1; fi
+    exit $rc
+    ;;
+  env) export_env ;;
+  reset)
+    "$0" down
+    log "deleting $STATE"
+    rm -rf "$STATE"
+    ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
+esac

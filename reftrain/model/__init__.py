@@ -1,0 +1,127 @@
+"""The model shared by inference and trainer: features, network, targets/loss, checkpoints.
+
+Inference::
+
+    params = compute_norm_params(window)                  # -> InferenceRef.norm_params
+    x = build_input(window, params)                       # float32 [n, 5]
+    [(probs, head)] = predict_batch(model, x[None], device)
+    action, confidence = choose_action(probs)
+    candle = decode_candle(head, params)                  # -> InferenceRef.predicted_candle
+
+Trainer::
+
+    x = build_input(verified_window, job["ref"]["norm_params"])   # the exact input inference saw
+    t = job_target(job)                                           # see training's docstring
+    training_step(model, opt, xs, TargetBatch.stack(ts), device, amp=True)
+    save_checkpoint(path, model, opt, meta)
+
+Scheme and params: ``features``; the loss and the CANDLE/PIVOT targets: ``training``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from reftrain.model.features import (
+    N_FEATURES,
+    PARAM_KEYS,
+    SCHEME,
+    build_input,
+    candle_logrets,
+    checked_params,
+    choose_action,
+    compute_norm_params,
+    decode_candle,
+)
+
+if TYPE_CHECKING:
+    from reftrain.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from reftrain.model.network import (
+        DEFAULT_SEED,
+        ModelConfig,
+        RefTrainNet,
+        init_model,
+        predict_batch,
+        select_device,
+    )
+    from reftrain.model.training import (
+        SampleTarget,
+        TargetBatch,
+        action_threshold,
+        candle_target,
+        evaluate,
+        job_target,
+        make_optimizer,
+        pivot_target,
+        realised_action,
+        set_determinism,
+        training_step,
+    )
+
+# torch takes seconds to import: only the names that need it load it, on first use, so a process
+# that only normalises windows (``reftrain.model.features``) never pays for it.
+_LAZY = {
+    "CheckpointMeta": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "DEFAULT_SEED": "network",
+    "ModelConfig": "network",
+    "RefTrainNet": "network",
+    "init_model": "network",
+    "predict_batch": "network",
+    "select_device": "network",
+    "SampleTarget": "training",
+    "TargetBatch": "training",
+    "action_threshold": "training",
+    "candle_target": "training",
+    "evaluate": "training",
+    "job_target": "training",
+    "make_optimizer": "training",
+    "pivot_target": "training",
+    "realised_action": "training",
+    "set_determinism": "training",
+    "training_step": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "DEFAULT_SEED",
+    "N_FEATURES",
+    "PARAM_KEYS",
+    "SCHEME",
+    "CheckpointMeta",
+    "ModelConfig",
+    "RefTrainNet",
+    "SampleTarget",
+    "TargetBatch",
+    "action_threshold",
+    "build_input",
+    "candle_logrets",
+    "candle_target",
+    "checked_params",
+    "choose_action",
+    "compute_norm_params",
+    "decode_candle",
+    "evaluate",
+    "init_model",
+    "job_target",
+    "load_checkpoint",
+    "make_optimizer",
+    "pivot_target",
+    "predict_batch",
+    "realised_action",
+    "save_checkpoint",
+    "select_device",
+    "set_determinism",
+    "training_step",
+]

@@ -1,0 +1,306 @@
+"""The shared store: DuckLake (a SQL catalog + Parquet files) through DuckDB.
+
+One long-lived connection per process (attaching costs tens of ms), catalog conflicts retried with
+back-off, small streaming inserts inlined into the catalog (DATA_INLINING_ROW_LIMIT) and flushed to
+Parquet in batches by ``compact()``. Extensions are loaded from the duckdb-extension-* wheels, so
+nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import numpy as np
+
+from reftrain.errors import StoreError
+from reftrain.records import Candle, Pivot
+from reftrain.settings import PlatformSettings
+from reftrain.window import COLUMNS, Window
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LAKE = "lake"
+INLINING_ROW_LIMIT = 1000
+
+DDL = [
+    f"""CREATE TABLE IF NOT EXISTS {LAKE}.candles (
+        symbol VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT NOT NULL,
+        close_time BIGINT NOT NULL, open DOUBLE NOT NULL, high DOUBLE NOT NULL, low DOUBLE NOT NULL,
+        close DOUBLE NOT NULL, volume DOUBLE NOT NULL, trades BIGINT, source VARCHAR,
+        ingested_at BIGINT)""",
+    f"""CREATE TABLE IF NOT EXISTS {LAKE}.candle_indicators (
+        symbol VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT NOT NULL,
+        name VARCHAR NOT NULL, value DOUBLE)""",
+    f"""CREATE TABLE IF NOT EXISTS {LAKE}.pivots (
+        pivot_id VARCHAR NOT NULL, symbol VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, level INTEGER NOT NULL,
+        kind VARCHAR NOT NULL, pivot_time BIGINT NOT NULL, price DOUBLE NOT NULL, confirmed_at BIGINT NOT NULL,
+        strength INTEGER)""",
+    f"""CREATE TABLE IF NOT EXISTS {LAKE}.model_versions (
+        model_key VARCHAR NOT NULL, version BIGINT NOT NULL, checkpoint_path VARCHAR NOT NULL,
+        trained_jobs BIGINT NOT NULL, metrics VARCHAR, created_at BIGINT NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {LAKE}.quarantine (
+        source VARCHAR, reason VARCHAR, detail VARCHAR, payload VARCHAR, quarantined_at BIGINT)""",
+]
+
+CANDLE_COLS = ("symbol", "timeframe", "open_time", "close_time", "open", "high", "low", "close", "volume",
+               "trades", "source")
+
+
+def _extension_path(module: Any, name: str) -> str:
+    base = Path(module.__file__).parent / "extensions"
+    versions = sorted(p for p in base.iterdir() if p.is_dir())
+    if not versions:
+        raise StoreError(f"no {name} extension binary in {base}")
+    return str(versions[-1] / f"{name}.duckdb_extension")
+
+
+def _load_extensions(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
+    import duckdb_extension_ducklake
+
+    con.execute(f"LOAD '{_extension_path(duckdb_extension_ducklake, 'ducklake')}'")
+    if catalog.startswith("postgres:"):
+        import duckdb_extension_postgres_scanner
+
+        con.execute(f"LOAD '{_extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner')}'")
+
+
+def _is_retryable(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("conflict", "could not serialize", "deadlock", "lock", "connection",
+                                   "timeout", "transaction", "server closed"))
+
+
+@dataclass(frozen=True)
+class CandleBatchResult:
+    inserted: int
+    skipped_duplicates: int
+
+
+class Store:
+    """A DuckLake store. Thread-safe through one lock (DuckDB connections are not shared-safe)."""
+
+    def __init__(self, catalog: str, data_path: str, *, create: bool = True, retries: int = 8) -> None:
+        if not (catalog.startswith("postgres:") or catalog.startswith("sqlite:") or catalog.endswith(".ducklake")):
+            raise StoreError(f"unsupported catalog {catalog!r}: use 'postgres:<conninfo>' or 'sqlite:<file>'")
+        self.catalog = catalog
+        self.data_path = os.path.abspath(data_path)
+        self.retries = retries
+        self._lock = threading.RLock()
+        os.makedirs(self.data_path, exist_ok=True)
+        self.con = duckdb.connect()
+        self.con.execute("SET threads TO 2")
+        _load_extensions(self.con, catalog)
+        self._with_retry(lambda: self.con.execute(
+            f"ATTACH 'ducklake:{catalog}' AS {LAKE} "
+            f"(DATA_PATH '{self.data_path}/', DATA_INLINING_ROW_LIMIT {INLINING_ROW_LIMIT})"))
+        if create:
+            for stmt in DDL:
+                self._with_retry(lambda s=stmt: self.con.execute(s))  # type: ignore[misc]
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings, **kw: Any) -> Store:
+        return cls(settings.store_catalog, settings.store_data_path, **kw)
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _with_retry(self, fn: Callable[[], T]) -> T:
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                with self._lock:
+                    return fn()
+            except duckdb.Error as exc:
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                if attempt >= self.retries or not _is_retryable(exc):
+                    raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+                log.warning("store retry", extra={"attempt": attempt + 1, "error": str(exc)[:200]})
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _in_transaction(self, fn: Callable[[], T]) -> T:
+        def run() -> T:
+            self.con.execute("BEGIN")
+            try:
+                out = fn()
+                self.con.execute("COMMIT")
+                return out
+            except BaseException:
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+
+        return self._with_retry(run)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._with_retry(lambda: self.con.execute(sql, params or []).fetchall())
+
+    # -- candles -------------------------------------------------------------------------------
+    def append_candles(self, candles: Sequence[Candle],
+                       indicators: Sequence[dict[str, float | None]] | None = None) -> CandleBatchResult:
+        """Insert candles not already present on (symbol, timeframe, open_time), with their
+        indicator values, in ONE DuckLake transaction. Re-appending is a no-op (replay-safe)."""
+        if not candles:
+            return CandleBatchResult(0, 0)
+        now = int(time.time() * 1000)
+        rows = [tuple(c.get(k) for k in CANDLE_COLS) + (now,) for c in candles]
+        ind_rows = []
+        if indicators is not None:
+            for c, values in zip(candles, indicators, strict=True):
+                for name, value in values.items():
+                    ind_rows.append((c["symbol"], c["timeframe"], c["open_time"], name, value))
+
+        def write() -> CandleBatchResult:
+            self.con.execute("CREATE OR REPLACE TEMP TABLE _incoming AS SELECT * FROM "
+                             f"{LAKE}.candles LIMIT 0")
+            _insert_values(self.con, "_incoming", rows)
+            inserted = self.con.execute(
+                f"""INSERT INTO {LAKE}.candles
+                    SELECT DISTINCT ON (i.symbol, i.timeframe, i.open_time) i.* FROM _incoming i
+                    WHERE NOT EXISTS (SELECT 1 FROM {LAKE}.candles c WHERE c.symbol = i.symbol
+                        AND c.timeframe = i.timeframe AND c.open_time = i.open_time)""").fetchone()
+            n = int(inserted[0]) if inserted else 0
+            if ind_rows:
+                self.con.execute("CREATE OR REPLACE TEMP TABLE _ind AS SELECT * FROM "
+                                 f"{LAKE}.candle_indicators LIMIT 0")
+                _insert_values(self.con, "_ind", ind_rows)
+                self.con.execute(
+                    f"""INSERT INTO {LAKE}.candle_indicators SELECT i.* FROM _ind i
+                        WHERE NOT EXISTS (SELECT 1 FROM {LAKE}.candle_indicators c WHERE c.symbol = i.symbol
+                          AND c.timeframe = i.timeframe AND c.open_time = i.open_time AND c.name = i.name)""")
+            return CandleBatchResult(n, len(rows) - n)
+
+        return self._in_transaction(write)
+
+    def read_range(self, symbol: str, timeframe: str, start: int, end: int) -> Window:
+        """Candles with start <= open_time <= end, sorted: the window a reference names."""
+        rows = self._with_retry(lambda: self.con.execute(
+            f"""SELECT open_time, open, high, low, close, volume FROM {LAKE}.candles
+                WHERE symbol = ? AND timeframe = ? AND open_time BETWEEN ? AND ?
+                ORDER BY open_time""", [symbol, timeframe, start, end]).fetchnumpy())
+        return _window(symbol, timeframe, rows)
+
+    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None) -> Window:
+        """The last ``n`` candles with open_time <= end (all if end is None), oldest first."""
+        bound = end if end is not None else 2**62
+        rows = self._with_retry(lambda: self.con.execute(
+            f"""SELECT * FROM (SELECT open_time, open, high, low, close, volume FROM {LAKE}.candles
+                WHERE symbol = ? AND timeframe = ? AND open_time <= ? ORDER BY open_time DESC LIMIT ?)
+                ORDER BY open_time""", [symbol, timeframe, bound, n]).fetchnumpy())
+        return _window(symbol, timeframe, rows)
+
+    def read_ranges(self, requests: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], Window]:
+        """One query per series covering the union of the requested ranges (the trainer fetches a
+        whole batch of jobs in one pass, then slices in memory)."""
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for symbol, tf, start, end in requests:
+            lo, hi = spans.get((symbol, tf), (start, end))
+            spans[(symbol, tf)] = (min(lo, start), max(hi, end))
+        return {key: self.read_range(key[0], key[1], lo, hi) for key, (lo, hi) in spans.items()}
+
+    def last_open_time(self, symbol: str, timeframe: str) -> int | None:
+        row = self.query(f"SELECT max(open_time) FROM {LAKE}.candles WHERE symbol = ? AND timeframe = ?",
+                         [symbol, timeframe])
+        return None if not row or row[0][0] is None else int(row[0][0])
+
+    def count_candles(self, symbol: str | None = None, timeframe: str | None = None) -> int:
+        sql = f"SELECT count(*) FROM {LAKE}.candles WHERE (? IS NULL OR symbol = ?) AND (? IS NULL OR timeframe = ?)"
+        return int(self.query(sql, [symbol, symbol, timeframe, timeframe])[0][0])
+
+    def candles_after(self, symbol: str, timeframe: str, after: int, limit: int = 100_000) -> list[Candle]:
+        rows = self.query(
+            f"""SELECT {", ".join(CANDLE_COLS)} FROM {LAKE}.candles WHERE symbol = ? AND timeframe = ?
+                AND open_time > ? ORDER BY open_time LIMIT ?""", [symbol, timeframe, after, limit])
+        return [dict(zip(CANDLE_COLS, r, strict=True)) for r in rows]  # type: ignore[misc]
+
+    # -- pivots, models, quarantine -----------------------------------------------------------
+    def append_pivots(self, pivots: Sequence[Pivot]) -> int:
+        if not pivots:
+            return 0
+        cols = ("pivot_id", "symbol", "timeframe", "level", "kind", "pivot_time", "price", "confirmed_at", "strength")
+        rows = [tuple(p.get(k) for k in cols) for p in pivots]
+
+        def write() -> int:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _piv AS SELECT * FROM {LAKE}.pivots LIMIT 0")
+            _insert_values(self.con, "_piv", rows)
+            out = self.con.execute(
+                f"""INSERT INTO {LAKE}.pivots SELECT DISTINCT ON (i.pivot_id) i.* FROM _piv i
+                    WHERE NOT EXISTS (SELECT 1 FROM {LAKE}.pivots p WHERE p.pivot_id = i.pivot_id)""").fetchone()
+            return int(out[0]) if out else 0
+
+        return self._in_transaction(write)
+
+    def record_model_version(self, model_key: str, version: int, checkpoint_path: str, trained_jobs: int,
+                             metrics: dict[str, float], created_at: int) -> None:
+        self._with_retry(lambda: self.con.execute(
+            f"INSERT INTO {LAKE}.model_versions VALUES (?,?,?,?,?,?)",
+            [model_key, version, checkpoint_path, trained_jobs, json.dumps(metrics), created_at]))
+
+    def latest_model_version(self, model_key: str) -> dict[str, Any] | None:
+        rows = self.query(
+            f"""SELECT model_key, version, checkpoint_path, trained_jobs, metrics, created_at
+                FROM {LAKE}.model_versions WHERE model_key = ? ORDER BY version DESC LIMIT 1""", [model_key])
+        if not rows:
+            return None
+        r = rows[0]
+        return {"model_key": r[0], "version": int(r[1]), "checkpoint_path": r[2], "trained_jobs": int(r[3]),
+                "metrics": json.loads(r[4] or "{}"), "created_at": int(r[5])}
+
+    def quarantine(self, source: str, reason: str, detail: str, payload: str) -> None:
+        self._with_retry(lambda: self.con.execute(
+            f"INSERT INTO {LAKE}.quarantine VALUES (?,?,?,?,?)",
+            [source, reason, detail, payload, int(time.time() * 1000)]))
+
+    def checkpoint_dir(self) -> Path:
+        path = Path(self.data_path) / "checkpoints"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def compact(self) -> None:
+        """Flush inlined rows to Parquet and merge small files (run by ingest every N batches)."""
+        self._with_retry(lambda: self.con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')"))
+        self._with_retry(lambda: self.con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')"))
+
+    def data_file_count(self, table: str = "candles") -> int:
+        rows = self.query(f"SELECT count(*) FROM ducklake_list_files('{LAKE}', '{table}')")
+        return int(rows[0][0])
+
+
+def _insert_values(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]],
+                   chunk: int = 500) -> None:
+    """Multi-row VALUES inserts: executemany() runs one statement per row (20x slower)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    placeholder = "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        params = [v for row in part for v in row]
+        con.execute(f"INSERT INTO {table} VALUES " + ",".join([placeholder] * len(part)), params)
+
+
+def _window(symbol: str, timeframe: str, rows: dict[str, Any]) -> Window:
+    open_time = np.asarray(rows["open_time"], dtype=np.int64)
+    values = np.column_stack([np.asarray(rows[c], dtype=np.float64) for c in COLUMNS]) if len(open_time) \
+        else np.empty((0, len(COLUMNS)), dtype=np.float64)
+    return Window(symbol, timeframe, open_time, np.ascontiguousarray(values))

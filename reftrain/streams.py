@@ -1,0 +1,385 @@
+"""Consume-process-produce with exactly-once semantics, dead-lettering and changelog state.
+
+Why hand-written on confluent-kafka rather than quixstreams: see docs/architecture.md (one
+mechanism for the coordinator's three-topic co-partitioned join, strict validating serde, DLQ with
+source coordinates, and the trainer's checkpoint-offset protocol).
+
+The loop (Kafka's EOS v2, KIP-447):
+  consume a batch -> begin transaction -> decode + validate each message (bad ones go to
+  ``<topic>.dlq`` with error headers, in the same transaction) -> processor emits outputs and
+  state changes (state changes go to a compacted changelog, same partition as the input) ->
+  send the consumed offsets to the transaction -> commit.
+Anything that aborts a transaction (fencing, broker loss, registry outage) ends the *session*:
+producer and consumer are closed, in-memory state is dropped, and a new session restores the
+state from the changelog and resumes from the committed offsets. So in-memory state never
+diverges from what was committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from reftrain import observability as obs
+from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.schemas import CONTENT_TYPE_HEADER
+from reftrain.serde import AvroSerde, RegistryUnavailableError, registry_client
+from reftrain.settings import PlatformSettings
+from reftrain.topics import RECORD_OF_TOPIC, TopicCatalogue, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def producer_config(platform: PlatformSettings, **extra: Any) -> dict[str, Any]:
+    """murmur2 partitioning, as Java clients and Kafka Streams do, so every producer (ours, kcat
+    with -X partitioner=murmur2_random, Kafka Connect) puts a series on the same partition number."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": platform.kafka_bootstrap_servers,
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 1_000_000,
+    }
+    conf.update(extra)
+    return conf
+
+
+def consumer_config(platform: PlatformSettings, group: str, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": platform.kafka_bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",  # new consumer groups start from the earliest offset
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "range",  # co-partitioned topics -> same partition numbers
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "max.poll.interval.ms": 300_000,
+        "enable.partition.eof": False,
+    }
+    conf.update(extra)
+    return conf
+
+
+def default_instance_id() -> str:
+    return socket.gethostname()
+
+
+@dataclass
+class Record:
+    """A consumed, decoded and validated message."""
+
+    topic: str  # logical name
+    key: str | None
+    value: dict[str, Any]
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class Serdes:
+    """One AvroSerde per physical topic, sharing one registry client."""
+
+    def __init__(self, platform: PlatformSettings, catalogue: TopicCatalogue) -> None:
+        self.client = registry_client(platform.schema_registry_url)
+        self.catalogue = catalogue
+        self._by_topic: dict[str, AvroSerde] = {}
+
+    def for_topic(self, logical: str) -> AvroSerde:
+        serde = self._by_topic.get(logical)
+        if serde is None:
+            serde = AvroSerde(self.client, self.catalogue.name(logical), RECORD_OF_TOPIC[logical])
+            self._by_topic[logical] = serde
+        return serde
+
+
+def error_headers(msg: Message, error: Exception, service: str) -> list[tuple[str, bytes]]:
+    reason = getattr(error, "reason", type(error).__name__)
+    return [
+        ("error.class", type(error).__name__.encode()),
+        ("error.reason", str(reason).encode()),
+        ("error.message", str(error)[:1000].encode("utf-8", "replace")),
+        ("source.topic", (msg.topic() or "").encode()),
+        ("source.partition", str(msg.partition()).encode()),
+        ("source.offset", str(msg.offset()).encode()),
+        ("source.timestamp", str(msg.timestamp()[1]).encode()),
+        ("service", service.encode()),
+    ]
+
+
+def dead_letter(producer: Producer, catalogue: TopicCatalogue, service: str, msg: Message,
+                error: Exception) -> None:
+    """Original key and bytes to ``<topic>.dlq`` with error headers, a counter and a log line
+    naming topic/partition/offset. Never raises for the message's content."""
+    topic = msg.topic() or ""
+    logical = catalogue.logical_of(topic)
+    reason = str(getattr(error, "reason", type(error).__name__))
+    obs.DLQ_TOTAL.labels(service, logical, reason).inc()
+    log.warning("dead-lettered message", extra={
+        "topic": topic, "partition": msg.partition(), "offset": msg.offset(),
+        "error_class": type(error).__name__, "reason": reason, "error": str(error)[:300]})
+    _produce(producer, catalogue.dlq(logical), msg.key(), msg.value(),
+             headers=list(msg.headers() or []) + error_headers(msg, error, service))
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+    kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers or []}
+    if partition is not None:
+        kwargs["partition"] = partition
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+class Context:
+    """What a processor may do while handling one record: emit outputs, change state."""
+
+    def __init__(self, app: StreamApp, producer: Producer) -> None:
+        self._app = app
+        self._producer = producer
+        self.partition = -1
+        self.now_ms = 0
+
+    def emit(self, logical_topic: str, key: str | None, value: dict[str, Any],
+             headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        serde = self._app.serdes.for_topic(logical_topic)
+        data = serde.encode(value)
+        hdrs = [(CONTENT_TYPE_HEADER, serde.content_type.encode()), *headers]
+        _produce(self._producer, serde.topic, key.encode() if key is not None else None, data, hdrs)
+        obs.MESSAGES_PRODUCED.labels(self._app.service, logical_topic).inc()
+
+    def put_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Record a state change in the changelog (None deletes), on the input's partition."""
+        if self._app.changelog is None:
+            raise RuntimeError("put_state on a stateless StreamApp")
+        data = None if value is None else json.dumps(value, separators=(",", ":")).encode()
+        _produce(self._producer, self._app.changelog, key.encode(), data, partition=self.partition)
+
+
+class Processor(Protocol):
+    def assigned(self, partition: int, state: dict[str, Any]) -> None:
+        """Partition ``partition`` is now ours; ``state`` is its restored changelog (key -> value)."""
+
+    def revoked(self, partition: int) -> None:
+        """Partition is no longer ours: drop its in-memory state."""
+
+    def process(self, record: Record, ctx: Context) -> None:
+        """Handle one valid record; emit outputs and state changes through ``ctx``."""
+
+
+class RestartSession(Exception):
+    """Abort the transaction, drop in-memory state, start over from the committed state."""
+
+
+@dataclass
+class StreamApp:
+    service: str
+    platform: PlatformSettings
+    inputs: Sequence[str]  # logical topics
+    group: str
+    processor: Processor
+    stateful: bool = False
+    instance_id: str = field(default_factory=default_instance_id)
+    batch_size: int = 500
+    poll_timeout_s: float = 0.2
+    on_batch_committed: Callable[[], None] | None = None
+    #: Called with the assigned partition set after each rebalance (for pausing / metrics).
+    on_rebalanced: Callable[[set[int]], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.catalogue = TopicCatalogue(self.platform)
+        self.serdes = Serdes(self.platform, self.catalogue)
+        self.changelog = self.catalogue.changelog(self.group) if self.stateful else None
+        self.assigned: set[int] = set()
+        self._consumer: Consumer | None = None
+        self._ready_after_assign = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def ensure_topics(self) -> None:
+        extra: list[TopicSpec] = [self.catalogue.changelog_spec(self.group)] if self.stateful else []
+        self.catalogue.ensure(AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers}), extra)
+
+    def _restore(self, partition: int) -> dict[str, Any]:
+        assert self.changelog is not None
+        restorer = Consumer(consumer_config(self.platform, f"{self.group}-restore", **{
+            "enable.auto.offset.store": False}))
+        try:
+            tp = TopicPartition(self.changelog, partition)
+            lo, hi = restorer.get_watermark_offsets(tp, timeout=10)
+            state: dict[str, Any] = {}
+            if hi <= lo:
+                return state
+            restorer.assign([TopicPartition(self.changelog, partition, lo)])
+            while True:
+                pos = restorer.position([tp])[0].offset
+                if pos >= hi:
+                    break
+                for m in restorer.consume(1000, 0.5):
+                    if m.error():
+                        continue
+                    key = m.key().decode()
+                    if m.value() is None:
+                        state.pop(key, None)
+                    else:
+                        state[key] = json.loads(m.value())
+            return state
+        finally:
+            restorer.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions}
+        if self.stateful and partitions:
+            # An offset fetch under read_committed waits for the previous owner's pending
+            # transaction (KIP-447), so the changelog read below matches the committed offsets.
+            consumer.committed(partitions, timeout=60)
+        for p in sorted(numbers - self.assigned):
+            state = self._restore(p) if self.stateful else {}
+            obs.RESTORED_STATE_KEYS.labels(self.service).inc(len(state))
+            self.processor.assigned(p, state)
+            self.assigned.add(p)
+        log.info("partitions assigned", extra={"partitions": sorted(numbers), "group": self.group})
+        self._ready_after_assign = True
+        if self.on_rebalanced:
+            self.on_rebalanced(set(self.assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions}
+        for p in sorted(numbers & self.assigned):
+            self.processor.revoked(p)
+            self.assigned.discard(p)
+        log.info("partitions revoked", extra={"partitions": sorted(numbers), "group": self.group})
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event, health: obs.Health) -> None:
+        self.ensure_topics()
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._session(stop, health)
+                return
+            except RestartSession as exc:
+                health.set_ready(False)
+                log.warning("restarting stream session", extra={"reason": str(exc)[:300]})
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 15.0)
+
+    def _session(self, stop: threading.Event, health: obs.Health) -> None:
+        producer = Producer(producer_config(
+            self.platform, **{"transactional.id": f"{self.group}-{self.instance_id}",
+                              "transaction.timeout.ms": 30_000}))
+        consumer = Consumer(consumer_config(self.platform, self.group))
+        self._consumer = consumer
+        ctx = Context(self, producer)
+        try:
+            producer.init_transactions(60)
+            consumer.subscribe([self.catalogue.name(t) for t in self.inputs], on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            last_lag = 0.0
+            while not stop.is_set():
+                msgs = consumer.consume(self.batch_size, self.poll_timeout_s)
+                health.beat()
+                if self._ready_after_assign and not health.ready:
+                    health.set_ready(True)
+                if msgs:
+                    self._process_batch(msgs, consumer, producer, ctx)
+                if time.monotonic() - last_lag > 5:
+                    self._export_lag(consumer)
+                    last_lag = time.monotonic()
+        except KafkaException as exc:
+            raise RestartSession(f"kafka error: {exc}") from exc
+        finally:
+            for p in sorted(self.assigned):
+                self.processor.revoked(p)
+            self.assigned.clear()
+            self._ready_after_assign = False
+            try:
+                consumer.close()  # leaves the group: partitions move at once, not after session timeout
+            except Exception:  # noqa: BLE001 - closing after a fatal error may fail again
+                pass
+            producer.flush(5)
+
+    def _process_batch(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
+        started = time.monotonic()
+        producer.begin_transaction()
+        try:
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise RestartSession(f"fatal consumer error: {err}")
+                    log.warning("consumer error", extra={"error": str(err)})
+                    continue
+                self._handle(msg, ctx, producer)
+            positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+            obs.TRANSACTIONS.labels(self.service, "committed").inc()
+        except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
+            obs.TRANSACTIONS.labels(self.service, "aborted").inc()
+            try:
+                producer.abort_transaction(30)
+            except KafkaException:
+                pass
+            raise RestartSession(f"{type(exc).__name__}: {exc}") from exc
+        obs.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
+        if self.on_batch_committed:
+            self.on_batch_committed()
+
+    def _handle(self, msg: Message, ctx: Context, producer: Producer) -> None:
+        topic = msg.topic() or ""
+        logical = self.catalogue.logical_of(topic)
+        obs.MESSAGES_CONSUMED.labels(self.service, logical).inc()
+        try:
+            key = msg.key().decode("utf-8") if msg.key() is not None else None
+        except UnicodeDecodeError as exc:
+            dead_letter(producer, self.catalogue, self.service, msg, DecodeError(f"key is not UTF-8: {exc}"))
+            return
+        try:
+            value = self.serdes.for_topic(logical).decode(msg.value())
+        except (DecodeError, InvalidRecordError) as exc:
+            dead_letter(producer, self.catalogue, self.service, msg, exc)
+            return
+        record = Record(logical, key, value, msg.partition(), msg.offset(), msg.timestamp()[1])
+        ctx.partition = msg.partition()
+        ctx.now_ms = int(time.time() * 1000)
+        try:
+            self.processor.process(record, ctx)
+        except (RestartSession, RegistryUnavailableError, KafkaException):
+            raise
+        except InvalidRecordError as exc:
+            dead_letter(producer, self.catalogue, self.service, msg, exc)
+        except Exception as exc:  # a poison message must not crash-loop the service
+            log.exception("processing failed; dead-lettering", extra={
+                "topic": topic, "partition": msg.partition(), "offset": msg.offset()})
+            dead_letter(producer, self.catalogue, self.service, msg, exc)
+
+    def _export_lag(self, consumer: Consumer) -> None:
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _, hi = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and hi >= 0:
+                    obs.CONSUMER_LAG.labels(self.service, self.catalogue.logical_of(tp.topic),
+                                            str(tp.partition)).set(max(0, hi - tp.offset))
+        except KafkaException:
+            pass
+
+
+def raise_on_kafka_error(err: KafkaError | None, msg: Message | None = None) -> None:
+    """Delivery callback for plain producers: a failed delivery is an error, never silent loss."""
+    if err is not None:
+        raise KafkaBoundaryError(f"delivery to {msg.topic() if msg else '?'} failed: {err}")

@@ -1,0 +1,111 @@
+"""The topic catalogue: the one place that spells topic names, partition counts and configs.
+
+Services ask the catalogue for a topic by its logical name (``CANDLES``), so a test can run the
+whole system on randomly prefixed topics and production can add an environment prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from reftrain.errors import ConfigError
+from reftrain.settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+CANDLES = "candles"
+PIVOTS = "pivots"
+INFERENCE_REFS = "inference-refs"
+TRAINING_JOBS = "training-jobs"
+MODEL_VERSIONS = "model-versions"
+
+#: Logical topic -> Avro record it carries (fully qualified name in schemas/).
+RECORD_OF_TOPIC: dict[str, str] = {
+    CANDLES: "reftrain.Candle",
+    PIVOTS: "reftrain.Pivot",
+    INFERENCE_REFS: "reftrain.InferenceRef",
+    TRAINING_JOBS: "reftrain.TrainingJob",
+    MODEL_VERSIONS: "reftrain.ModelVersion",
+}
+
+#: Topics joined by series in the coordinator: they must have the same partition count.
+CO_PARTITIONED: tuple[str, ...] = (CANDLES, PIVOTS, INFERENCE_REFS)
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+
+    def new_topic(self) -> NewTopic:
+        return NewTopic(self.name, num_partitions=self.partitions, replication_factor=self.replication,
+                        config=dict(self.config))
+
+
+class TopicCatalogue:
+    """Physical names and specs of every topic, derived from the platform settings."""
+
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.prefix = settings.topic_prefix
+        self.partitions = settings.topic_partitions
+        self.replication = settings.topic_replication
+
+    def name(self, logical: str) -> str:
+        if logical not in RECORD_OF_TOPIC:
+            raise ConfigError(f"unknown topic {logical!r}; known: {sorted(RECORD_OF_TOPIC)}")
+        return f"{self.prefix}{logical}"
+
+    def dlq(self, logical: str) -> str:
+        return f"{self.name(logical)}{DLQ_SUFFIX}"
+
+    def changelog(self, group: str, store: str = "state") -> str:
+        """Compacted topic holding a stateful service's state, one partition per input partition."""
+        return f"{self.prefix}{group}-{store}-changelog"
+
+    def logical_of(self, physical: str) -> str:
+        """Inverse of name(); raises ConfigError for a topic outside the catalogue."""
+        base = physical[len(self.prefix):] if physical.startswith(self.prefix) else physical
+        if base not in RECORD_OF_TOPIC:
+            raise ConfigError(f"topic {physical!r} is not in the catalogue")
+        return base
+
+    def specs(self) -> list[TopicSpec]:
+        specs = []
+        for logical in RECORD_OF_TOPIC:
+            specs.append(TopicSpec(self.name(logical), self.partitions, self.replication,
+                                   {"cleanup.policy": "delete", "retention.ms": "-1"}))
+            specs.append(TopicSpec(self.dlq(logical), 1, self.replication,
+                                   {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)}))
+        return specs
+
+    def changelog_spec(self, group: str, store: str = "state") -> TopicSpec:
+        return TopicSpec(self.changelog(group, store), self.partitions, self.replication,
+                         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
+
+    def ensure(self, admin: AdminClient, extra: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
+        """Create missing topics (idempotent) and check partition counts and co-partitioning."""
+        wanted = self.specs() + list(extra or [])
+        existing = admin.list_topics(timeout=timeout).topics
+        missing = [s.new_topic() for s in wanted if s.name not in existing]
+        if missing:
+            for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+                try:
+                    fut.result()
+                    log.info("created topic", extra={"topic": name})
+                except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise ConfigError(f"cannot create topic {name}: {exc}") from exc
+        self.check_partitions(admin, timeout)
+
+    def check_partitions(self, admin: AdminClient, timeout: float = 30.0) -> None:
+        topics = admin.list_topics(timeout=timeout).topics
+        counts = {t: len(topics[self.name(t)].partitions) for t in CO_PARTITIONED if self.name(t) in topics}
+        if len(set(counts.values())) > 1:
+            raise ConfigError(f"co-partitioned topics differ in partition count: {counts}")

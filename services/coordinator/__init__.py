@@ -1,0 +1,1 @@
+"""The coordinator service: joins inference refs with their outcomes into training jobs."""

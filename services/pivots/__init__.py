@@ -1,0 +1,1 @@
+"""The pivots service: multi-level Williams swing pivots from completed candles."""

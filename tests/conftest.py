@@ -1,0 +1,91 @@
+"""Test fixtures: the REAL local stack (Kafka broker, Apicurio Registry, PostgreSQL catalog).
+
+The stack is started once per test run by deploy/local/stack.sh (or taken from
+KAFKA_BOOTSTRAP_SERVERS / SCHEMA_REGISTRY_URL / STORE_CATALOG when they are set) and stopped at
+the end if this run started it. Every test gets random topic names (a random prefix) and, for the
+store, its own PostgreSQL catalog database and data folder, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reftrain import settings as settings_mod
+from reftrain.settings import PlatformSettings
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "deploy" / "local" / "stack.sh"
+
+
+def _stack_env() -> dict[str, str]:
+    out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export "):].partition("=")
+            env[k] = v.strip("'")
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    """Environment of a running stack; starts one if none is given or running."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"):
+        yield {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG",
+                                           "STORE_DATA_PATH") if k in os.environ}
+        return
+    was_up = subprocess.run([str(STACK), "status"], capture_output=True).returncode == 0
+    if not was_up:
+        subprocess.run([str(STACK), "up"], check=True)
+    env = _stack_env()
+    os.environ.update(env)
+    yield env
+    if not was_up and not os.environ.get("REFTRAIN_KEEP_STACK"):
+        subprocess.run([str(STACK), "down"], check=False)
+
+
+def _pg_conninfo(catalog: str) -> dict[str, str]:
+    body = catalog.split(":", 1)[1]
+    return dict(part.split("=", 1) for part in body.split())
+
+
+@pytest.fixture
+def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
+    """Platform settings with a random topic prefix and a fresh store (own catalog database)."""
+    base = settings_mod.platform(stack)
+    prefix = f"t{uuid.uuid4().hex[:10]}-"
+    catalog = base.store_catalog
+    if catalog.startswith("postgres:"):
+        info = _pg_conninfo(catalog)
+        db = f"test_{uuid.uuid4().hex[:12]}"
+        subprocess.run(["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
+                        "-U", info.get("user", "postgres"), "-d", "postgres", "-c", f"create database {db}"],
+                       check=True, capture_output=True)
+        info["dbname"] = db
+        catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
+    return replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"),
+                   http_port=0)
+
+
+@pytest.fixture
+def platform_env(platform: PlatformSettings) -> dict[str, str]:
+    """The same settings as environment variables, for starting services as subprocesses."""
+    env = dict(os.environ)
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": platform.kafka_bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": platform.schema_registry_url,
+        "STORE_CATALOG": platform.store_catalog,
+        "STORE_DATA_PATH": platform.store_data_path,
+        "TOPIC_PREFIX": platform.topic_prefix,
+        "TOPIC_PARTITIONS": str(platform.topic_partitions),
+        "PYTHONPATH": str(REPO),
+        "LOG_FORMAT": "json",
+    })
+    return env
