@@ -35,6 +35,11 @@ class PlatformSettings:
     topic_prefix: str = ""
     topic_partitions: int = 6
     topic_replication: int = 1
+    #: Stable identity of this process for Kafka transactions (transactional.id = group-instance).
+    #: Keep it stable across restarts so a restarted instance fences its predecessor at once;
+    #: empty = hostname-pid (unique, but a killed instance's open transaction then lingers until
+    #: transaction.timeout.ms). Compose sets it to the container hostname.
+    instance_id: str = ""
     http_host: str = "0.0.0.0"
     #: /metrics, /healthz and /readyz; 0 picks a free port (tests).
     http_port: int = 0

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -72,8 +73,8 @@ def consumer_config(platform: PlatformSettings, group: str, **extra: Any) -> dic
     return conf
 
 
-def default_instance_id() -> str:
-    return socket.gethostname()
+def default_instance_id(platform: PlatformSettings) -> str:
+    return platform.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass
@@ -194,7 +195,7 @@ class StreamApp:
     group: str
     processor: Processor
     stateful: bool = False
-    instance_id: str = field(default_factory=default_instance_id)
+    instance_id: str = ""  # empty: default_instance_id(platform)
     batch_size: int = 500
     poll_timeout_s: float = 0.2
     on_batch_committed: Callable[[], None] | None = None
@@ -202,6 +203,7 @@ class StreamApp:
     on_rebalanced: Callable[[set[int]], None] | None = None
 
     def __post_init__(self) -> None:
+        self.instance_id = self.instance_id or default_instance_id(self.platform)
         self.catalogue = TopicCatalogue(self.platform)
         self.serdes = Serdes(self.platform, self.catalogue)
         self.changelog = self.catalogue.changelog(self.group) if self.stateful else None
@@ -281,7 +283,7 @@ class StreamApp:
     def _session(self, stop: threading.Event, health: obs.Health) -> None:
         producer = Producer(producer_config(
             self.platform, **{"transactional.id": f"{self.group}-{self.instance_id}",
-                              "transaction.timeout.ms": 30_000}))
+                              "transaction.timeout.ms": 15_000}))
         consumer = Consumer(consumer_config(self.platform, self.group))
         self._consumer = consumer
         ctx = Context(self, producer)
