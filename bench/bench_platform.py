@@ -23,10 +23,10 @@ import fastavro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reftrain import schemas, settings  # noqa: E402
-from reftrain.serde import AvroSerde, registry_client  # noqa: E402
-from reftrain.store import Store  # noqa: E402
-from tests.support import real_candles  # noqa: E402
+from reftrain import schemas, settings
+from reftrain.serde import AvroSerde, registry_client
+from reftrain.store import Store
+from tests.support import real_candles
 
 
 def bench_serde(n: int = 20_000) -> None:

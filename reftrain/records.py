@@ -7,9 +7,7 @@ writes dicts), typed here with TypedDict so mypy checks the field names.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, TypedDict
-
-from typing_extensions import NotRequired
+from typing import Literal, NotRequired, TypedDict
 
 TIMEFRAME_MS: dict[str, int] = {
     "1m": 60_000,

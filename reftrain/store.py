@@ -8,6 +8,7 @@ nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -124,10 +125,8 @@ class Store:
                 with self._lock:
                     return fn()
             except duckdb.Error as exc:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
                 if attempt >= self.retries or not _is_retryable(exc):
                     raise StoreError(f"{type(exc).__name__}: {exc}") from exc
                 log.warning("store retry", extra={"attempt": attempt + 1, "error": str(exc)[:200]})
@@ -143,10 +142,8 @@ class Store:
                 self.con.execute("COMMIT")
                 return out
             except BaseException:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
                 raise
 
         return self._with_retry(run)
@@ -162,7 +159,7 @@ class Store:
         if not candles:
             return CandleBatchResult(0, 0)
         now = int(time.time() * 1000)
-        rows = [tuple(c.get(k) for k in CANDLE_COLS) + (now,) for c in candles]
+        rows = [(*tuple(c.get(k) for k in CANDLE_COLS), now) for c in candles]
         ind_rows = []
         if indicators is not None:
             for c, values in zip(candles, indicators, strict=True):

@@ -17,6 +17,7 @@ diverges from what was committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
@@ -309,10 +318,10 @@ class StreamApp:
                 self.processor.revoked(p)
             self.assigned.clear()
             self._ready_after_assign = False
-            try:
-                consumer.close()  # leaves the group: partitions move at once, not after session timeout
-            except Exception:  # noqa: BLE001 - closing after a fatal error may fail again
-                pass
+            # close() leaves the group: partitions move at once, not after the session timeout.
+            # After a fatal error it may fail again; the session is over either way.
+            with contextlib.suppress(Exception):
+                consumer.close()
             producer.flush(5)
 
     def _process_batch(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
@@ -333,10 +342,8 @@ class StreamApp:
             obs.TRANSACTIONS.labels(self.service, "committed").inc()
         except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
             obs.TRANSACTIONS.labels(self.service, "aborted").inc()
-            try:
+            with contextlib.suppress(KafkaException):
                 producer.abort_transaction(30)
-            except KafkaException:
-                pass
             raise RestartSession(f"{type(exc).__name__}: {exc}") from exc
         obs.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
         if self.on_batch_committed:

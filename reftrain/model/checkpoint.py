@@ -25,10 +25,9 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
-from typing_extensions import NotRequired
 
 from reftrain.model.network import ModelConfig, RefTrainNet
 

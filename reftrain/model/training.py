@@ -6,10 +6,12 @@ Targets (one ``SampleTarget`` per training job):
   ref window's last close, divided by the ref's ``ret_scale`` (``features.candle_logrets``; both
   numbers are in the ref's norm_params and are re-checked against the window by ``build_input``).
   The action label is the realised move ``r = close / last_close - 1``: BUY if ``r > +threshold``,
-  SELL if ``r < -threshold``, else HOLD. Default threshold per timeframe:
-  ``0.0005 * sqrt(bar minutes)`` (5 bp for 1m, ~3.9e-3 for 1h): moves of this size scale with
-  the square root of time, and at 5 bp the three classes are of similar size on BTCUSDT 1m.
-  Action weight 1.
+  SELL if ``r < -threshold``, else HOLD (a move exactly at the threshold is HOLD). Default
+  threshold per timeframe: ``0.0002 * sqrt(bar minutes)`` (2 bp for 1m, ~1.55e-3 for 1h): moves
+  scale with the square root of time. Measured on the bundled data, 2 bp gives BUY/SELL/HOLD
+  shares of 24/24/52% (BTCUSDT 1m Sep 2025), ~28/29/43% (BTCUSDT 1m Oct 2025) and ~31/32/37%
+  (ETHUSDT 1m); 5 bp would make 86% of BTCUSDT 1m labels HOLD, and a model learns only the prior.
+  For 1h, 1.55e-3 is about the 33rd percentile of |r| on BTCUSDT 2017-2024. Action weight 1.
 * PIVOT job: a LOW pivot -> BUY, a HIGH pivot -> SELL, action weight = the pivot's level (a
   level-3 swing low is a more important turning point than a level-1 one, so it pulls 3x as hard).
   No next-candle target (its mask is 0).

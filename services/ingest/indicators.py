@@ -98,6 +98,37 @@ class Indicators:
             return empty
         return self._values(st)
 
+    def seed(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        closes: Iterable[float],
+        count: int,
+        last_open_time: int | None,
+        ema: Mapping[int, float | None],
+    ) -> None:
+        """Restore one series from what the store holds (a restart), without replaying its history.
+
+        ``closes``: its last closes, oldest first (the last ``window`` are kept); ``count``: how many
+        candles it has; ``ema``: the stored EMA value of each period at its last candle. An EMA that
+        should exist (``count >= period``) but is missing cannot be restored: raises ValueError, and
+        the caller replays the history instead.
+        """
+        kept = deque((float(x) for x in closes), maxlen=self.window)
+        if count < len(kept) or (count and last_open_time is None):
+            raise ValueError(f"inconsistent seed: count={count}, {len(kept)} closes, last={last_open_time}")
+        if len(kept) < min(count, self.window):
+            raise ValueError(f"seed needs the last {min(count, self.window)} closes, got {len(kept)}")
+        values: dict[int, float] = {}
+        for p in self.ema_periods:
+            v = ema.get(p)
+            if count >= p:
+                if v is None:
+                    raise ValueError(f"ema_{p} missing for a series of {count} candles")
+                values[p] = float(v)
+        self._series[series_key(symbol, timeframe)] = _SeriesState(kept, count, last_open_time, values)
+
     def state(self) -> dict[str, Any]:
         return {
             "sma_periods": list(self.sma_periods),

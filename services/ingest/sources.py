@@ -135,8 +135,8 @@ def _as_int(value: Any, field: str, reason: str) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        delta = aware - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        delta = aware - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if isinstance(value, float):
         if math.isfinite(value) and value == int(value):
@@ -326,6 +326,20 @@ def iter_csv_rows(
     Neither layout quotes fields, so a line is split on commas and nothing else: a stray quote
     character in one row cannot swallow the rows after it, as a CSV quoting parser would let it.
     """
+    for _, item in iter_csv_numbered(lines, symbol=symbol, timeframe=timeframe, source=source, layout=layout):
+        yield item
+
+
+def iter_csv_numbered(
+    lines: Iterable[str],
+    *,
+    symbol: str,
+    timeframe: str,
+    source: str,
+    layout: Layout = "auto",
+) -> Iterator[tuple[int, SourceItem]]:
+    """``iter_csv_rows`` with each item's 1-based physical line number: (file, line) names a row
+    stably across restarts, so a quarantined row is never quarantined twice."""
     cols: _Columns | None = None
     fast: Callable[[Sequence[str]], Candle | None] | None = None
     for line_no, line in enumerate(lines, start=1):
@@ -341,17 +355,17 @@ def iter_csv_rows(
             fast = _fast_builder(cols, symbol, timeframe, source)
         candle = fast(cells)
         if candle is not None:
-            yield candle
+            yield line_no, candle
             continue
         try:
-            yield _build(cells, cols, symbol, timeframe, source)
+            yield line_no, _build(cells, cols, symbol, timeframe, source)
         except _RowProblem as p:
-            yield RowError(source, line_no, p.reason, p.detail, ",".join(cells))
+            yield line_no, RowError(source, line_no, p.reason, p.detail, ",".join(cells))
 
 
 def _iter_parquet(
     path: Path, *, symbol: str, timeframe: str, source: str, layout: Layout
-) -> Iterator[SourceItem]:
+) -> Iterator[tuple[int, SourceItem]]:
     import duckdb  # lazy: only Parquet needs it (pyarrow is not a dependency)
 
     con = duckdb.connect(":memory:")
@@ -359,10 +373,7 @@ def _iter_parquet(
         cur = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
         names = [d[0] for d in cur.description or ()]
         positional = all(re.fullmatch(r"(column)?_?[0-9]+", n.lower()) for n in names)
-        if positional:
-            cols = _columns_without_header(len(names), layout)
-        else:
-            cols = _Columns.from_header(names, layout)
+        cols = _columns_without_header(len(names), layout) if positional else _Columns.from_header(names, layout)
         row_no = 0
         while True:
             batch = cur.fetchmany(8192)
@@ -371,9 +382,9 @@ def _iter_parquet(
             for row in batch:
                 row_no += 1
                 try:
-                    yield _build(row, cols, symbol, timeframe, source)
+                    yield row_no, _build(row, cols, symbol, timeframe, source)
                 except _RowProblem as p:
-                    yield RowError(source, row_no, p.reason, p.detail, repr(tuple(row)))
+                    yield row_no, RowError(source, row_no, p.reason, p.detail, repr(tuple(row)))
     finally:
         con.close()
 
@@ -391,6 +402,19 @@ def read_candles(
     read through duckdb; ``.zip`` must hold one CSV (a Binance dump). File-level problems raise
     SourceFormatError before the first row; row-level problems yield RowError.
     """
+    for _, item in read_numbered(path, symbol=symbol, timeframe=timeframe, layout=layout):
+        yield item
+
+
+def read_numbered(
+    path: str | Path,
+    *,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    layout: Layout = "auto",
+) -> Iterator[tuple[int, SourceItem]]:
+    """``read_candles`` with each item's row number (CSV: physical line, header = 1; Parquet:
+    1-based row index), so (file name, row) identifies a row across restarts."""
     p = Path(path)
     symbol, timeframe = _symbol_timeframe(p.name, symbol, timeframe)
     source = p.name
@@ -404,25 +428,38 @@ def read_candles(
                 raise SourceFormatError(f"{p.name}: expected one .csv inside, found {members}")
             with zf.open(members[0]) as raw:
                 text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-                yield from iter_csv_rows(
+                yield from iter_csv_numbered(
                     text, symbol=symbol, timeframe=timeframe, source=source, layout=layout
                 )
     else:
         with p.open("r", encoding="utf-8-sig", newline="") as fh:
-            yield from iter_csv_rows(fh, symbol=symbol, timeframe=timeframe, source=source, layout=layout)
+            yield from iter_csv_numbered(
+                fh, symbol=symbol, timeframe=timeframe, source=source, layout=layout
+            )
 
 
 def merge_sources(streams: Iterable[Iterable[SourceItem]]) -> Iterator[SourceItem]:
     """Interleave several files' items by candle close_time (ties: the earlier stream first), for a
     multi-series replay in market order. Each stream must be in time order (files are); a RowError
     keeps its place right after the item that preceded it in its own stream."""
+    for _, item in merge_numbered(((0, i) for i in s) for s in streams):
+        yield item
 
-    def keyed(i: int, items: Iterable[SourceItem]) -> Iterator[tuple[int, int, int, SourceItem]]:
+
+def merge_numbered(
+    streams: Iterable[Iterable[tuple[int, SourceItem]]],
+) -> Iterator[tuple[int, SourceItem]]:
+    """``merge_sources`` for the (row, item) pairs of ``read_numbered``."""
+
+    def keyed(
+        i: int, items: Iterable[tuple[int, SourceItem]]
+    ) -> Iterator[tuple[int, int, int, tuple[int, SourceItem]]]:
         key = -1
-        for seq, item in enumerate(items):
+        for seq, pair in enumerate(items):
+            item = pair[1]
             if not isinstance(item, RowError):
                 key = max(key, item["close_time"])
-            yield key, i, seq, item
+            yield key, i, seq, pair
 
-    for _, _, _, item in heapq.merge(*(keyed(i, s) for i, s in enumerate(streams))):
-        yield item
+    for _, _, _, pair in heapq.merge(*(keyed(i, s) for i, s in enumerate(streams))):
+        yield pair

@@ -194,6 +194,12 @@ def test_loss_falls_on_real_btcusdt_1m_and_report_held_out_accuracy(btc_1m: Wind
     tr_probe = evaluate(model, x_probe, probe_batch, "cpu")
 
     shares = np.bincount(test_batch.action, minlength=3) / len(test_batch)
+    # Constant baseline fitted on the training targets: class prior logits and the mean candle.
+    train_batch = TargetBatch.stack(t_train)
+    prior = np.bincount(train_batch.action, minlength=3) / len(train_batch)
+    const_logits = torch.tensor(np.log(prior), dtype=torch.float32).repeat(len(test_batch), 1)
+    const_candle = torch.tensor(train_batch.candle.mean(axis=0)).repeat(len(test_batch), 1)
+    _, const_action, const_cand = compute_losses(const_logits, const_candle, test_batch, torch.device("cpu"))
     first = np.mean([m["loss"] for m in losses[:20]])
     last = np.mean([m["loss"] for m in losses[-20:]])
     print(
@@ -204,6 +210,8 @@ def test_loss_falls_on_real_btcusdt_1m_and_report_held_out_accuracy(btc_1m: Wind
         f"\n[model] held-out loss v0={v0_test['loss']:.4f} trained={tr_test['loss']:.4f}"
         f" (action {v0_test['action_loss']:.4f}->{tr_test['action_loss']:.4f},"
         f" candle {v0_test['candle_loss']:.4f}->{tr_test['candle_loss']:.4f})"
+        f"\n[model] held-out constant baseline: action {float(const_action):.4f},"
+        f" candle {float(const_cand):.4f}"
         f"\n[model] held-out action acc v0={v0_test['action_acc']:.3f} trained={tr_test['action_acc']:.3f}"
         f" (class shares BUY/SELL/HOLD {shares[0]:.3f}/{shares[1]:.3f}/{shares[2]:.3f},"
         f" majority={shares.max():.3f})"
