@@ -189,7 +189,10 @@ class Processor(Protocol):
         """Partition is no longer ours: drop its in-memory state."""
 
     def process(self, record: Record, ctx: Context) -> None:
-        """Handle one valid record; emit outputs and state changes through ``ctx``."""
+        """Handle one valid record; emit outputs and state changes through ``ctx``.
+
+        A processor may also define ``end_batch(ctx)``: called once per consumed batch, inside the
+        transaction, after every record was processed (for batched work such as inference)."""
 
 
 class RestartSession(Exception):
@@ -336,6 +339,9 @@ class StreamApp:
                     log.warning("consumer error", extra={"error": str(err)})
                     continue
                 self._handle(msg, ctx, producer)
+            end_batch = getattr(self.processor, "end_batch", None)
+            if end_batch is not None:  # e.g. inference predicts every series of the batch at once
+                end_batch(ctx)
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)

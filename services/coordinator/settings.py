@@ -1,0 +1,95 @@
+"""Settings of the coordinator service (environment ``COORDINATOR_*``), validated at start-up so a bad
+value stops the service with a clear message instead of producing a wrong join.
+
+The join knobs map onto ``JoinConfig`` (services/coordinator/config.py); each has one value for every
+timeframe plus an optional per-timeframe override, e.g.::
+
+    COORDINATOR_PIVOT_WINDOW_MS=300000
+    COORDINATOR_PIVOT_WINDOW_MS_BY_TIMEFRAME="1h=1800000,4h=7200000"
+
+A timeframe missing from an override takes the plain value (not the module default), which is what
+an operator who sets ``COORDINATOR_PIVOT_WINDOW_MS`` alone expects.
+
+The transactional identity is the platform's ``INSTANCE_ID`` (reftrain.settings): keep it stable per
+replica so a restarted replica fences its killed predecessor at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reftrain import settings
+from reftrain.errors import ConfigError
+from reftrain.records import TIMEFRAME_MS
+from services.coordinator.config import (
+    DEFAULT_MAX_LAG_BARS,
+    DEFAULT_MAX_PIVOT_CONFIRMATION_BARS,
+    DEFAULT_PIVOT_WINDOW_MS,
+    JoinConfig,
+)
+
+SERVICE = "coordinator"
+DEFAULT_PORT = 8004
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """Join knobs (see config.py for what each bound guarantees), alignment and transaction knobs."""
+
+    #: ± ms around a pivot's pivot_time within which a ref's data_range_end joins it (DESIGN §6.6).
+    pivot_window_ms: int = DEFAULT_PIVOT_WINDOW_MS
+    pivot_window_ms_by_timeframe: dict[str, int] = field(default_factory=dict)
+    #: D: pivots confirmed more than D bars after pivot_time join nothing (a data rule, §6.7).
+    max_confirmation_bars: int = DEFAULT_MAX_PIVOT_CONFIRMATION_BARS
+    max_confirmation_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    #: S: an input whose event time is more than S bars behind its series' candle watermark is late.
+    max_lag_bars: int = DEFAULT_MAX_LAG_BARS
+    max_lag_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    #: Messages per consume call (and at most per transaction).
+    batch_size: int = 500
+    #: Event-time alignment: how long a held record waits for an input partition that is neither
+    #: caught up nor delivering (e.g. an open transaction at its tail) before it stops waiting.
+    align_max_wait_ms: int = 2_000
+    #: Records held per input topic-partition before that partition is paused (memory bound).
+    align_max_buffered: int = 20_000
+
+    def __post_init__(self) -> None:
+        for name in ("pivot_window_ms", "max_confirmation_bars", "max_lag_bars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"COORDINATOR_{name.upper()} must be >= 0, got {getattr(self, name)}")
+            overrides: Mapping[str, int] = getattr(self, f"{name}_by_timeframe")
+            unknown = sorted(set(overrides) - set(TIMEFRAME_MS))
+            if unknown:
+                raise ConfigError(f"COORDINATOR_{name.upper()}_BY_TIMEFRAME: unknown timeframes {unknown}; "
+                                  f"known: {sorted(TIMEFRAME_MS)}")
+            if any(v < 0 for v in overrides.values()):
+                raise ConfigError(f"COORDINATOR_{name.upper()}_BY_TIMEFRAME: values must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"COORDINATOR_BATCH_SIZE must be >= 1, got {self.batch_size}")
+        if self.align_max_wait_ms < 0:
+            raise ConfigError(f"COORDINATOR_ALIGN_MAX_WAIT_MS must be >= 0, got {self.align_max_wait_ms}")
+        if self.align_max_buffered < 1:
+            raise ConfigError(f"COORDINATOR_ALIGN_MAX_BUFFERED must be >= 1, got {self.align_max_buffered}")
+
+    def join_config(self) -> JoinConfig:
+        """The engine's config: plain values expanded over every timeframe, overrides on top."""
+
+        def expand(base: int, overrides: Mapping[str, int]) -> dict[str, int]:
+            return {tf: int(overrides.get(tf, base)) for tf in TIMEFRAME_MS}
+
+        return JoinConfig(
+            pivot_window_ms=expand(self.pivot_window_ms, self.pivot_window_ms_by_timeframe),
+            max_pivot_confirmation_bars=expand(self.max_confirmation_bars,
+                                               self.max_confirmation_bars_by_timeframe),
+            max_lag_bars=expand(self.max_lag_bars, self.max_lag_bars_by_timeframe),
+        )
+
+
+def load(environ: Mapping[str, str] | None = None) -> CoordinatorSettings:
+    return settings.load(CoordinatorSettings, "COORDINATOR_", environ)
+
+
+def group_id(topic_prefix: str) -> str:
+    """Consumer group (and transactional-id / changelog stem): ``<TOPIC_PREFIX>coordinator``."""
+    return f"{topic_prefix}{SERVICE}"
