@@ -325,7 +325,8 @@ class StreamApp:
             # After a fatal error it may fail again; the session is over either way.
             with contextlib.suppress(Exception):
                 consumer.close()
-            producer.flush(5)
+            with contextlib.suppress(KafkaException):  # a fenced producer refuses to flush
+                producer.flush(5)
 
     def _process_batch(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
         started = time.monotonic()

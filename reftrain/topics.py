@@ -7,6 +7,7 @@ whole system on randomly prefixed topics and production can add an environment p
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -102,7 +103,22 @@ class TopicCatalogue:
                 except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
                     if "TOPIC_ALREADY_EXISTS" not in str(exc):
                         raise ConfigError(f"cannot create topic {name}: {exc}") from exc
+        self._wait_visible(admin, [s.name for s in wanted], timeout)
         self.check_partitions(admin, timeout)
+
+    @staticmethod
+    def _wait_visible(admin: AdminClient, names: list[str], timeout: float) -> None:
+        """Creation returns before every broker's metadata shows the topic; wait for it so the
+        first consumer/changelog read does not fail with 'Unknown partition'."""
+        deadline = time.monotonic() + timeout
+        while True:
+            topics = admin.list_topics(timeout=timeout).topics
+            missing = [n for n in names if n not in topics or not topics[n].partitions or topics[n].error]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"topics not visible after {timeout}s: {missing}")
+            time.sleep(0.2)
 
     def check_partitions(self, admin: AdminClient, timeout: float = 30.0) -> None:
         topics = admin.list_topics(timeout=timeout).topics

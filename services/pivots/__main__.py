@@ -1,7 +1,7 @@
 """``python -m services.pivots``: candles -> confirmed multi-level pivots (topic ``pivots`` + store).
 
 Wiring only; the logic is in detector.py (rule), processor.py (state, store, emission) and
-streaming.py (the transaction hook). Settings: PIVOTS_STRENGTHS, PIVOTS_BATCH_SIZE (config.py).
+streaming.py (the app). Settings: PIVOTS_STRENGTHS, PIVOTS_BATCH_SIZE (config.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ log = logging.getLogger("services.pivots")
 
 def body(rt: service.Runtime) -> None:
     settings = config.load()
-    log.info("pivot settings", extra={"strengths": list(settings.strengths), "batch_size": settings.batch_size,
-                                      "group": config.group_id(rt.platform.topic_prefix)})
+    log.info("pivot settings", extra={
+        "strengths": list(settings.strengths), "batch_size": settings.batch_size,
+        "group": config.group_id(rt.platform.topic_prefix)})
     store = Store.from_settings(rt.platform)
     try:
         app, _ = build_app(rt.platform, settings, store)

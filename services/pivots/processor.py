@@ -1,14 +1,15 @@
 """The pivots service's stream processor: one ``PivotDetector`` per series, state in the changelog,
 confirmed pivots written to the store and then emitted to ``pivots``.
 
-Why the work is split between ``process`` (per candle) and ``flush`` (per transaction):
+Why the work is split between ``process`` (per candle) and ``end_batch`` (per transaction):
 
 * ``process`` only feeds the detector and buffers what the candle produced. It is cheap.
-* ``flush`` runs once per Kafka transaction, after the batch's last candle and before the consumed
-  offsets join the transaction (see services/pivots/streaming.py). It
-  1. writes every buffered pivot to the store in ONE ``append_pivots`` call (one DuckLake commit:
-     ~60 ms for one pivot or for 200 on the CI-like machine, so per-pivot writes would cap
-     catch-up at a few dozen candles per second),
+* ``end_batch`` (the StreamApp hook) runs once per Kafka transaction, after the batch's last candle
+  and before the consumed offsets join the transaction. It
+  1. writes every buffered pivot to the store in ONE ``append_pivots`` call. A DuckLake commit
+     costs about the same for 1 pivot as for 200 (56 ms vs 76 ms measured on the 2-core machine,
+     far more under load), so a write per confirming candle caps catch-up at ~50 candles/s
+     (bench/bench_pivots.py --per-record),
   2. emits the pivots to ``pivots`` (key = series), in detection order,
   3. writes each touched series' detector state to the changelog (``put_state``).
   All of 2 and 3 commit atomically with the input offsets. The store write is outside the
@@ -70,12 +71,12 @@ class _Pending:
 class PivotProcessor:
     """``reftrain.streams.Processor`` for the pivots service.
 
-    ``flush_each_record=True`` flushes after every candle: correct with a plain ``StreamApp`` that has
-    no pre-commit hook, but one store commit per pivot-confirming candle. The service wires
-    ``flush`` as the pre-commit hook and sets it False.
+    ``flush_each_record=True`` does the ``end_batch`` work after every candle instead: also correct,
+    but one store commit per pivot-confirming candle (kept to measure that design in the bench).
     """
 
-    def __init__(self, strengths: Sequence[int], store: PivotSink, *, flush_each_record: bool = True) -> None:
+    def __init__(self, strengths: Sequence[int], store: PivotSink, *,
+                 flush_each_record: bool = False) -> None:
         self.strengths = validate_strengths(strengths)
         self._store = store
         self.flush_each_record = flush_each_record
@@ -119,12 +120,13 @@ class PivotProcessor:
         if result.outcome is not CandleOutcome.ACCEPTED:
             self._log_rejected(result.outcome, series, candle, det, record)
         self._dirty[series] = record.partition  # counts are part of the state, whatever the outcome
-        self._pending.extend(_Pending(record.partition, series, p, candle["close_time"]) for p in result.pivots)
+        self._pending.extend(
+            _Pending(record.partition, series, p, candle["close_time"]) for p in result.pivots)
         if self.flush_each_record:
-            self.flush(ctx)
+            self.end_batch(ctx)
 
     # -- per transaction ----------------------------------------------------------------------------
-    def flush(self, ctx: Context) -> None:
+    def end_batch(self, ctx: Context) -> None:
         """Store, then emit, the buffered pivots; write the touched detectors' state. Runs inside the
         open transaction, before its offsets are sent; any failure aborts it (RestartSession)."""
         try:

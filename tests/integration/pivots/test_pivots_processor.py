@@ -1,4 +1,4 @@
-"""The pivots processor without a broker: transaction-shaped flushes, store-before-emit, state
+"""The pivots processor without a broker: per-transaction end_batch, store-before-emit, state
 restore (and its refusal on new strengths), outcome handling. Fast; the real-broker proofs are in
 test_pivots_service.py."""
 
@@ -66,13 +66,13 @@ def rec(c: Candle, offset: int, partition: int = 0, key: str | None = None) -> R
 
 def run_batches(proc: PivotProcessor, ctx: FakeCtx, candles: Sequence[Candle], rng: random.Random,
                 start: int = 0) -> None:
-    """Feed in random-size 'transactions', flushing after each, as PreCommitStreamApp does."""
+    """Feed in random-size 'transactions', calling end_batch after each, as StreamApp does."""
     i = 0
     while i < len(candles):
         n = rng.randint(1, 120)
         for j, c in enumerate(candles[i:i + n]):
             proc.process(rec(c, start + i + j), ctx)  # type: ignore[arg-type]
-        proc.flush(ctx)  # type: ignore[arg-type]
+        proc.end_batch(ctx)  # type: ignore[arg-type]
         i += n
 
 
@@ -80,7 +80,7 @@ def test_batched_flush_equals_batch_and_stores_before_emitting() -> None:
     candles = real_candles(BTC, limit=1500)
     log: list[tuple[str, Any]] = []
     store, ctx = FakeStore(log), FakeCtx(log)
-    proc = PivotProcessor(S, store, flush_each_record=False)
+    proc = PivotProcessor(S, store)
     proc.assigned(0, {})
     run_batches(proc, ctx, candles, random.Random(1))
     expected = detect_pivots(candles, S)
@@ -99,7 +99,7 @@ def test_restored_state_continues_and_replay_of_an_aborted_batch_is_idempotent()
     candles = real_candles(BTC, limit=1200)
     log: list[tuple[str, Any]] = []
     store, ctx = FakeStore(log), FakeCtx(log)
-    first = PivotProcessor(S, store, flush_each_record=False)
+    first = PivotProcessor(S, store)
     first.assigned(0, {})
     run_batches(first, ctx, candles[:700], random.Random(2))
     committed = {k[1]: v for k, v in ctx.state.items()}
@@ -109,7 +109,7 @@ def test_restored_state_continues_and_replay_of_an_aborted_batch_is_idempotent()
     first._store.append_pivots([p.pivot for p in first._pending])  # the store write happened
     first.revoked(0)
     emitted_before = list(ctx.emitted)
-    second = PivotProcessor(S, store, flush_each_record=False)
+    second = PivotProcessor(S, store)
     second.assigned(0, committed)
     run_batches(second, ctx, candles[700:], random.Random(3), start=700)
     expected = detect_pivots(candles, S)
@@ -124,11 +124,11 @@ def test_restore_with_other_strengths_discards_the_state() -> None:
     for c in candles:
         old.feed(c)
     before = metrics.STATE_DISCARDED.labels("strengths_changed")._value.get()
-    proc = PivotProcessor(S, FakeStore([]), flush_each_record=False)
+    proc = PivotProcessor(S, FakeStore([]))
     proc.assigned(4, {"BTCUSDT:1m": old.to_dict(), "ETHUSDT:1m": {"version": 99}})
     assert proc.detector("BTCUSDT:1m") is None and proc.detector("ETHUSDT:1m") is None
     assert metrics.STATE_DISCARDED.labels("strengths_changed")._value.get() == before + 1
-    same = PivotProcessor((3, 3), FakeStore([]), flush_each_record=False)
+    same = PivotProcessor((3, 3), FakeStore([]))
     same.assigned(4, {"BTCUSDT:1m": old.to_dict()})
     assert same.detector("BTCUSDT:1m").to_dict() == old.to_dict()  # type: ignore[union-attr]
 
@@ -146,7 +146,7 @@ def test_duplicates_conflicts_and_late_candles_are_counted_and_make_no_pivots() 
             dirty.append(dict(candles[i - 10], low=c["low"] * 0.9))  # type: ignore[arg-type]  # late bar
     log: list[tuple[str, Any]] = []
     ctx = FakeCtx(log)
-    proc = PivotProcessor(S, FakeStore(log))  # flush per record: the plain StreamApp mode
+    proc = PivotProcessor(S, FakeStore(log), flush_each_record=True)
     proc.assigned(0, {})
     for i, c in enumerate(dirty):
         proc.process(rec(c, i), ctx)  # type: ignore[arg-type]
@@ -159,19 +159,19 @@ def test_duplicates_conflicts_and_late_candles_are_counted_and_make_no_pivots() 
 
 def test_key_mismatch_is_invalid_and_store_failure_aborts() -> None:
     c = real_candles(BTC, limit=1)[0]
-    proc = PivotProcessor(S, FakeStore([]), flush_each_record=False)
+    proc = PivotProcessor(S, FakeStore([]))
     proc.assigned(0, {})
     with pytest.raises(InvalidRecordError) as err:
         proc.process(rec(c, 0, key="ETHUSDT:1m"), FakeCtx([]))  # type: ignore[arg-type]
     assert err.value.reason == "key_mismatch"
     log: list[tuple[str, Any]] = []
     ctx = FakeCtx(log)
-    failing = PivotProcessor(S, FakeStore(log, fail=True), flush_each_record=False)
+    failing = PivotProcessor(S, FakeStore(log, fail=True))
     failing.assigned(0, {})
     for i, candle in enumerate(real_candles(BTC, limit=60)):
         failing.process(rec(candle, i), ctx)  # type: ignore[arg-type]
     with pytest.raises(RestartSession):
-        failing.flush(ctx)  # type: ignore[arg-type]
+        failing.end_batch(ctx)  # type: ignore[arg-type]
     assert ctx.emitted == [] and ctx.state == {}
     failing.revoked(0)
     assert failing._pending == [] and failing._dirty == {}
