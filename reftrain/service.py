@@ -35,7 +35,7 @@ def run(service: str, body: Callable[[Runtime], None], default_port: int = 0) ->
     platform = settings.platform()
     logs.setup(service, platform.log_level, platform.log_format)
     health = Health(service)
-    port = platform.http_port or default_port
+    port = default_port if platform.http_port is None else platform.http_port
     server = serve_http(health, platform.http_host, port)
     stop = threading.Event()
 

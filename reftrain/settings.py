@@ -41,8 +41,8 @@ class PlatformSettings:
     #: transaction.timeout.ms). Compose sets it to the container hostname.
     instance_id: str = ""
     http_host: str = "0.0.0.0"
-    #: /metrics, /healthz and /readyz; 0 picks a free port (tests).
-    http_port: int = 0
+    #: /metrics, /healthz and /readyz; unset = the service's default port, 0 = any free port (tests).
+    http_port: int | None = None
     log_level: str = "INFO"
     #: 'json' (default, for machines) or 'text' (for a person at a terminal).
     log_format: str = "json"

@@ -85,6 +85,7 @@ def platform_env(platform: PlatformSettings) -> dict[str, str]:
         "STORE_DATA_PATH": platform.store_data_path,
         "TOPIC_PREFIX": platform.topic_prefix,
         "TOPIC_PARTITIONS": str(platform.topic_partitions),
+        "HTTP_PORT": "0",  # a free port unless a test names one: parallel runs never clash
         "PYTHONPATH": str(REPO),
         "LOG_FORMAT": "json",
     })

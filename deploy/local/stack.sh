@@ -43,6 +43,9 @@ ensure_debian_packages() {
   pg_bin >/dev/null || missing+=(postgresql)
   command -v kcat >/dev/null || missing+=(kcat)
   command -v mvn >/dev/null || missing+=(maven)
+  # Tools the test suite uses to check deploy/ without a Docker engine.
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v promtool >/dev/null || missing+=(prometheus)
   [ ${#missing[@]} -eq 0 ] && return
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
   log "installing Debian packages: ${missing[*]}"
