@@ -342,7 +342,13 @@ class StreamApp:
                 self._handle(msg, ctx, producer)
             end_batch = getattr(self.processor, "end_batch", None)
             if end_batch is not None:  # e.g. inference predicts every series of the batch at once
-                end_batch(ctx)
+                try:
+                    end_batch(ctx)
+                except (RestartSession, RegistryUnavailableError, KafkaException):
+                    raise
+                except Exception as exc:  # batch-level work failed: retry from committed state
+                    log.exception("end_batch failed; restarting the session")
+                    raise RestartSession(f"end_batch failed: {type(exc).__name__}: {exc}") from exc
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)

@@ -1,0 +1,145 @@
+"""The model registry of one inference instance: which model (key, version, weights) predicts a series.
+
+* One model per series: ``model_key`` is the series (docs/architecture.md).
+* A key's first use looks up its newest row in the store's ``model_versions`` table and loads that
+  checkpoint; with no row it gets version 0, ``init_model(DEFAULT_SEED)``, the very weights the
+  trainer starts from. Version 0 is built once and shared by every key still on it, so many series
+  closing at once go through the network in ONE batch.
+* Hot reload: a ``ModelVersion`` from ``model-versions`` is applied when it is newer than the
+  version in use (older or equal ones are replays or were already loaded from the store: ignored,
+  counted). It is applied in stream order: candles consumed before it were already bound to the old
+  model, candles after it get the new one, and every ref names the version that made it.
+* A checkpoint that cannot be used (missing, unreadable, or its meta names another key/version)
+  makes the ModelVersion invalid input: ``InvalidRecordError`` -> dead letter, old model kept.
+  ``checkpoint_path`` is relative to the store's data path and must stay inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from reftrain.errors import InvalidRecordError
+from reftrain.model import DEFAULT_SEED, RefTrainNet, init_model, load_checkpoint
+from reftrain.records import ModelVersion
+from services.inference import metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelStore(Protocol):
+    """What the registry needs of ``reftrain.store.Store``."""
+
+    data_path: str
+
+    def latest_model_version(self, model_key: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model in use; identity matters: refs of one predict batch share one LoadedModel.net."""
+
+    key: str
+    version: int
+    net: RefTrainNet
+    checkpoint_path: str | None = None
+
+
+class ModelRegistry:
+    def __init__(self, store: ModelStore, device: torch.device) -> None:
+        self._store = store
+        self.device = device
+        self._seed_net: RefTrainNet | None = None
+        self._current: dict[str, LoadedModel] = {}
+
+    # -- lookups -------------------------------------------------------------------------------
+    def seed_model(self) -> RefTrainNet:
+        """Version 0, built once per process and shared by every key without a trained version."""
+        if self._seed_net is None:
+            self._seed_net = init_model(DEFAULT_SEED).to(self.device).eval()
+        return self._seed_net
+
+    def current(self, key: str) -> LoadedModel:
+        """The model in use for ``key``; the first call asks the store (StoreError propagates)."""
+        model = self._current.get(key)
+        if model is None:
+            model = self._initial(key)
+            self._set(model)
+        return model
+
+    def _initial(self, key: str) -> LoadedModel:
+        row = self._store.latest_model_version(key)
+        if row is None:
+            metrics.MODEL_LOADS.labels("seed").inc()
+            return LoadedModel(key, 0, self.seed_model())
+        try:
+            model = self._load(key, int(row["version"]), str(row["checkpoint_path"]))
+        except InvalidRecordError as exc:
+            # The store names a checkpoint we cannot use: predicting with version 0 (named so in
+            # every ref) keeps the series served; the error is logged and counted for operators.
+            metrics.MODEL_LOADS.labels("failed").inc()
+            log.error("newest model version unusable; using version 0",
+                      extra={"model_key": key, "version": row["version"], "error": str(exc)[:300]})
+            return LoadedModel(key, 0, self.seed_model())
+        metrics.MODEL_LOADS.labels("store").inc()
+        return model
+
+    # -- changes -------------------------------------------------------------------------------
+    def apply(self, mv: ModelVersion) -> bool:
+        """Switch ``mv.model_key`` to ``mv`` if it is newer; False if ignored as stale.
+
+        Raises InvalidRecordError when the checkpoint cannot be used (the old model stays).
+        """
+        key, version = mv["model_key"], int(mv["version"])
+        in_use = self.current(key)
+        if version <= in_use.version:
+            metrics.MODEL_LOADS.labels("stale").inc()
+            return False
+        model = self._load(key, version, mv["checkpoint_path"])
+        self._set(model)
+        metrics.MODEL_LOADS.labels("hot_reload").inc()
+        log.info("model hot-reloaded", extra={"model_key": key, "version": version, "previous": in_use.version,
+                                              "checkpoint": mv["checkpoint_path"]})
+        return True
+
+    def forget(self, key: str) -> None:
+        """Partition revoked: drop the key (a new owner, or a new session, starts from the store)."""
+        if self._current.pop(key, None) is not None:
+            metrics.MODEL_VERSION.remove(key)
+
+    def versions(self) -> dict[str, int]:
+        """Model key -> version in use, for the keys this instance has seen."""
+        return {key: model.version for key, model in self._current.items()}
+
+    def _set(self, model: LoadedModel) -> None:
+        self._current[model.key] = model
+        metrics.MODEL_VERSION.labels(model.key).set(model.version)
+
+    def resolve(self, checkpoint_path: str) -> Path:
+        """Absolute path of a checkpoint named relative to the store's data path (never outside it)."""
+        root = Path(self._store.data_path).resolve()
+        rel = Path(checkpoint_path)
+        if rel.is_absolute():
+            raise InvalidRecordError("checkpoint_path_absolute", checkpoint_path)
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root):
+            raise InvalidRecordError("checkpoint_path_outside_store", checkpoint_path)
+        return path
+
+    def _load(self, key: str, version: int, checkpoint_path: str) -> LoadedModel:
+        path = self.resolve(checkpoint_path)
+        try:
+            net, _, meta = load_checkpoint(path, self.device)
+        except FileNotFoundError as exc:
+            raise InvalidRecordError("checkpoint_missing", str(path)) from exc
+        except Exception as exc:  # torch/pickle/format errors: the file is not a usable checkpoint
+            raise InvalidRecordError("checkpoint_unreadable", f"{path}: {type(exc).__name__}: {exc}") from exc
+        if meta.get("model_key") != key or int(meta.get("version", -1)) != version:
+            raise InvalidRecordError(
+                "checkpoint_mismatch",
+                f"{path} holds {meta.get('model_key')!r} v{meta.get('version')}, expected {key!r} v{version}")
+        return LoadedModel(key, version, net, checkpoint_path)

@@ -1,0 +1,249 @@
+"""The inference service's stream processor: candles in, one InferenceRef per completed candle out.
+
+Why the work is split between ``process`` (per record) and ``end_batch`` (per transaction):
+
+* ``process`` is cheap and decides everything that depends on stream order. A candle is bound, at
+  that moment, to the model its series uses (so a ModelVersion consumed later in the same batch
+  does not change it) and buffered. A ModelVersion is applied at once (hot reload).
+* ``end_batch`` runs once per Kafka transaction, before the consumed offsets join it. It reads the
+  windows of every buffered candle from the store (one ``read_last`` per series covers all of that
+  series' candles of the batch: ``windows.plan_reads``), normalises them, runs every window that
+  shares a model through ONE ``predict_batch`` call (all series still on version 0 share one
+  network, so many series closing at once are one batch), and emits the refs in consumption order.
+  The refs commit atomically with the input offsets: after a crash the transaction is aborted and
+  the same candles are predicted again, so no ref is lost or published twice.
+
+Outcomes of a candle (``reftrain_inference_candles_total{outcome}``): ``predicted``;
+``waiting_for_history`` (fewer than window_size rows up to it; also counted per series; no ref,
+never padded); ``not_in_store`` (ingest's write-before-publish broken: logged with its coordinates);
+``duplicate`` / ``out_of_order`` (open_time not after the last candle of the series seen in this
+session: the ref for that inference time was already made); ``filtered`` (series not in
+INFERENCE_SERIES); ``bad_window`` (the store's rows cannot be normalised). A candle whose Kafka key
+is not its series, or a ModelVersion whose key is not its model_key, is dead-lettered
+(``key_mismatch``): on another partition than its series it would reach another instance.
+
+A store failure raises ``RestartSession``: the transaction aborts and the session restarts from the
+committed offsets, so refs are delayed, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from reftrain.errors import InvalidRecordError, StoreError
+from reftrain.records import ActionProbs, Candle, ModelVersion, NormParams, series_key, timeframe_ms
+from reftrain.streams import Context, Record, RestartSession
+from reftrain.topics import CANDLES, INFERENCE_REFS, MODEL_VERSIONS
+from reftrain.window import Window
+from services.inference import metrics
+from services.inference.models import LoadedModel, ModelRegistry
+from services.inference.refs import build_ref, model_input
+from services.inference.windows import Outcome, missing_bars, plan_reads, select_window
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[Any, npt.NDArray[np.float32], Any, int], list[tuple[ActionProbs, npt.NDArray[np.float64]]]]
+
+
+class WindowSource(Protocol):
+    """What the processor needs of ``reftrain.store.Store`` to read windows."""
+
+    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None) -> Window: ...
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A candle waiting for its prediction, bound to the model in use when it was consumed."""
+
+    partition: int
+    offset: int
+    series: str
+    symbol: str
+    timeframe: str
+    open_time: int
+    event_ms: int  # Kafka timestamp of the candle message (latency metric)
+    model: LoadedModel
+
+
+@dataclass(frozen=True)
+class _Ready:
+    pending: _Pending
+    window: Window
+    norm_params: NormParams
+    x: npt.NDArray[np.float32]
+
+
+class InferenceProcessor:
+    """``reftrain.streams.Processor`` (with ``end_batch``) of the inference service. Stateless
+    between transactions: everything it holds in memory is rebuilt from the store and the topics."""
+
+    def __init__(self, store: WindowSource, registry: ModelRegistry, *, window_size: int = 600, horizon: int = 1,
+                 series: Sequence[str] = (), max_predict_batch: int = 256, predict: PredictFn | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if predict is None:
+            from reftrain.model import predict_batch
+
+            predict = predict_batch
+        self._store = store
+        self.registry = registry
+        self.window_size = window_size
+        self.horizon = horizon
+        self.series_filter = frozenset(series)
+        self.max_predict_batch = max_predict_batch
+        self._predict = predict
+        self._clock = clock
+        self._pending: list[_Pending] = []
+        self._last_seen: dict[str, int] = {}  # series -> open_time of its newest candle handled
+        self._partition_of: dict[str, int] = {}  # series / model key -> partition number
+
+    # -- Processor protocol --------------------------------------------------------------------
+    def assigned(self, partition: int, state: dict[str, Any]) -> None:
+        """Nothing to restore: models come from the store, windows from the store."""
+
+    def revoked(self, partition: int) -> None:
+        for key in [k for k, p in self._partition_of.items() if p == partition]:
+            self._partition_of.pop(key, None)
+            self._last_seen.pop(key, None)
+            self.registry.forget(key)
+        self._pending = [p for p in self._pending if p.partition != partition]
+
+    def process(self, record: Record, ctx: Context) -> None:
+        if record.topic == CANDLES:
+            self._on_candle(record)
+        elif record.topic == MODEL_VERSIONS:
+            self._on_model_version(record)
+        else:  # pragma: no cover - the app subscribes to these two only
+            raise InvalidRecordError("unexpected_topic", record.topic)
+
+    def end_batch(self, ctx: Context) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        ready = self._read_windows(pending)
+        results = self._predict_grouped(ready)
+        for item in ready:
+            probs, head = results[id(item)]
+            p = item.pending
+            ref = build_ref(item.window, item.norm_params, probs, head, p.model.key, p.model.version,
+                            timeframe_ms(p.timeframe), self.horizon, int(self._clock() * 1000))
+            ctx.emit(INFERENCE_REFS, p.series, dict(ref))
+            metrics.REFS_TOTAL.labels(p.series).inc()
+            metrics.CANDLES_TOTAL.labels(Outcome.OK.value).inc()
+            metrics.LATENCY_SECONDS.observe(max(0.0, self._clock() - p.event_ms / 1000))
+            if missing_bars(item.window, timeframe_ms(p.timeframe)) > 0:
+                metrics.GAPPED_WINDOWS.labels(p.series).inc()
+
+    # -- records ---------------------------------------------------------------------------------
+    def _on_candle(self, record: Record) -> None:
+        candle: Candle = record.value  # type: ignore[assignment]
+        series = series_key(candle["symbol"], candle["timeframe"])
+        if record.key != series:
+            raise InvalidRecordError("key_mismatch", f"key {record.key!r} but candle of {series!r}")
+        if self.series_filter and series not in self.series_filter:
+            metrics.CANDLES_TOTAL.labels("filtered").inc()
+            return
+        open_time = int(candle["open_time"])
+        last = self._last_seen.get(series)
+        if last is not None and open_time <= last:
+            metrics.CANDLES_TOTAL.labels("duplicate" if open_time == last else "out_of_order").inc()
+            return
+        model = self._model_for(series, record.partition)
+        self._last_seen[series] = open_time
+        self._pending.append(_Pending(record.partition, record.offset, series, candle["symbol"],
+                                      candle["timeframe"], open_time, record.timestamp, model))
+
+    def _on_model_version(self, record: Record) -> None:
+        mv: ModelVersion = record.value  # type: ignore[assignment]
+        if record.key != mv["model_key"]:
+            raise InvalidRecordError("key_mismatch", f"key {record.key!r} but ModelVersion of {mv['model_key']!r}")
+        if self.series_filter and mv["model_key"] not in self.series_filter:
+            metrics.MODEL_LOADS.labels("filtered").inc()
+            return
+        self._partition_of[mv["model_key"]] = record.partition
+        try:
+            self.registry.apply(mv)
+        except StoreError as exc:
+            raise RestartSession(f"store: {exc}") from exc
+
+    def _model_for(self, key: str, partition: int) -> LoadedModel:
+        self._partition_of[key] = partition
+        try:
+            return self.registry.current(key)
+        except StoreError as exc:
+            raise RestartSession(f"store: {exc}") from exc
+
+    # -- batch work ------------------------------------------------------------------------------
+    def _read_windows(self, pending: list[_Pending]) -> list[_Ready]:
+        """Windows of every pending candle, in pending order; candles without one are counted."""
+        by_series: dict[str, list[_Pending]] = {}
+        for p in pending:
+            by_series.setdefault(p.series, []).append(p)
+        selected: dict[int, _Ready] = {}
+        for items in by_series.values():
+            symbol, tf = items[0].symbol, items[0].timeframe
+            wanted = {p.open_time: p for p in items}
+            for plan in plan_reads(list(wanted), self.window_size, timeframe_ms(tf)):
+                started = time.monotonic()
+                try:
+                    block = self._store.read_last(symbol, tf, plan.n, plan.end)
+                except StoreError as exc:
+                    raise RestartSession(f"store: {exc}") from exc
+                metrics.STORE_READ_SECONDS.observe(time.monotonic() - started)
+                for t in plan.times:
+                    ready = self._select(wanted[t], block)
+                    if ready is not None:
+                        selected[id(wanted[t])] = ready
+        return [selected[id(p)] for p in pending if id(p) in selected]
+
+    def _select(self, p: _Pending, block: Window) -> _Ready | None:
+        sel = select_window(block, p.open_time, self.window_size)
+        if sel.outcome is Outcome.WAITING:
+            metrics.CANDLES_TOTAL.labels(Outcome.WAITING.value).inc()
+            metrics.WAITING_FOR_HISTORY.labels(p.series).inc()
+            return None
+        if sel.outcome is Outcome.NOT_IN_STORE:
+            metrics.CANDLES_TOTAL.labels(Outcome.NOT_IN_STORE.value).inc()
+            log.error("candle not in the store (published before written?); no ref", extra={
+                "series": p.series, "open_time": p.open_time, "partition": p.partition, "offset": p.offset})
+            return None
+        assert sel.window is not None
+        try:
+            params, x = model_input(sel.window)
+        except ValueError as exc:
+            metrics.CANDLES_TOTAL.labels("bad_window").inc()
+            log.error("window cannot be normalised; no ref", extra={
+                "series": p.series, "open_time": p.open_time, "partition": p.partition, "offset": p.offset,
+                "error": str(exc)[:300]})
+            return None
+        return _Ready(p, sel.window, params, x)
+
+    def _predict_grouped(self, ready: list[_Ready]) -> dict[int, tuple[ActionProbs, npt.NDArray[np.float64]]]:
+        """One predict_batch call per distinct network (version 0 is one network for all keys)."""
+        groups: dict[int, list[_Ready]] = {}
+        for item in ready:
+            groups.setdefault(id(item.pending.model.net), []).append(item)
+        out: dict[int, tuple[ActionProbs, npt.NDArray[np.float64]]] = {}
+        for items in groups.values():
+            x = np.stack([item.x for item in items])
+            started = time.monotonic()
+            results = self._predict(items[0].pending.model.net, x, self.registry.device, self.max_predict_batch)
+            metrics.PREDICT_SECONDS.observe(time.monotonic() - started)
+            metrics.BATCH_SIZE.observe(len(items))
+            for item, result in zip(items, results, strict=True):
+                out[id(item)] = result
+        return out
+
+    # -- introspection (tests, logs) -------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def model_versions(self) -> dict[str, int]:
+        return self.registry.versions()
