@@ -67,8 +67,10 @@ class TopicCatalogue:
         return f"{self.name(logical)}{DLQ_SUFFIX}"
 
     def changelog(self, group: str, store: str = "state") -> str:
-        """Compacted topic holding a stateful service's state, one partition per input partition."""
-        return f"{self.prefix}{group}-{store}-changelog"
+        """Compacted topic holding a stateful service's state, one partition per input partition.
+        Consumer groups already carry the topic prefix (tests, environments); it is not doubled."""
+        base = group if group.startswith(self.prefix) else f"{self.prefix}{group}"
+        return f"{base}-{store}-changelog"
 
     def logical_of(self, physical: str) -> str:
         """Inverse of name(); raises ConfigError for a topic outside the catalogue."""

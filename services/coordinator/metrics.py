@@ -15,7 +15,8 @@ PENDING_REFS = Gauge("reftrain_coordinator_pending_refs",
                      "Refs in state on this instance (waiting for their candle, pivots or expiry)")
 STATE_SIZE = Gauge("reftrain_coordinator_state_size",
                    "State keys held on this instance, by kind (ref, candle, pivot, series, total)", ["kind"])
-JOBS_TOTAL = Counter("reftrain_coordinator_jobs_total", "Training jobs emitted (committed or not)", ["trigger"])
+JOBS_TOTAL = Counter("reftrain_coordinator_jobs_total", "Training jobs emitted (committed or not)",
+                     ["trigger"])
 EXPIRED_TOTAL = Counter("reftrain_coordinator_expired_total",
                         "Refs dropped from state, by reason (joined: had its CANDLE job; "
                         "no_target_candle: its target candle never came)", ["reason"])
@@ -39,5 +40,8 @@ HELD_RECORDS = Gauge("reftrain_coordinator_held_records",
 ALIGNMENT_TIMEOUTS = Counter("reftrain_coordinator_alignment_timeouts_total",
                              "Times a held record stopped waiting for an input partition that was neither "
                              "caught up nor delivering (align_max_wait_ms passed)", ["topic"])
+PAUSES_TOTAL = Counter("reftrain_coordinator_alignment_pauses_total",
+                       "Times an input topic-partition was paused because alignment held more than "
+                       "align_max_buffered of its records", ["topic"])
 PAUSED_PARTITIONS = Gauge("reftrain_coordinator_paused_partitions",
                           "Input topic-partitions paused because alignment holds too many of their records")

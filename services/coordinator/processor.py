@@ -1,6 +1,9 @@
 """The coordinator's stream processor: one ``JoinEngine`` per assigned partition, every engine change
 written to the changelog in the same transaction as the jobs it produced and the consumed offsets.
 
+State changes are coalesced per transaction: ``end_batch`` (the platform's optional pre-commit hook)
+writes only the latest value of each changed key, before the offsets join the transaction.
+
 Why one engine per partition: the inputs are co-partitioned by series and the changelog partition is
 the input partition (``Context.put_state``), so a partition's engine state is exactly its changelog
 partition; a rebalance moves whole engines, and ``assigned`` rebuilds one from the restored changelog
@@ -15,6 +18,9 @@ Outcomes of inputs that decode and validate (the platform dead-letters the rest)
   conflict (same id, other content), late (watermark more than S past the event time; also
   ``late_inputs_total{kind}``), invalid, slow_confirmation (pivot took more than D bars). None of
   these stops the service or emits anything; conflict/late/invalid are logged with the ids.
+* an exception inside the engine or while emitting (a bug, not bad input) restarts the session
+  (abort, restore from the changelog) instead of dead-lettering: the engine may have changed its
+  in-memory state already, and dead-lettering would let it drift from the changelog.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
+from confluent_kafka import KafkaException
+
 from reftrain.errors import InvalidRecordError
 from reftrain.records import Candle, InferenceRef, Pivot, series_key
+from reftrain.serde import RegistryUnavailableError
 from reftrain.streams import Context, Record, RestartSession
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS
 from services.coordinator import metrics
 from services.coordinator.config import JoinConfig
-from services.coordinator.join import EXPIRED, JoinEngine, Output, event_time
+from services.coordinator.join import EXPIRED, JoinEngine, Output, StateValue, event_time
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,9 @@ class CoordinatorProcessor:
         self._latency_observer = latency_observer
         # (trigger, Kafka timestamp ms of the input that completed the join) of uncommitted jobs
         self._pending_latency: list[tuple[str, int]] = []
+        # partition -> state key -> latest value (None deletes) changed in the open transaction
+        self._dirty: dict[int, dict[str, StateValue | None]] = {}
+        self._counters: dict[str, Any] = {}  # count name -> prometheus child (labels() is slow)
         self.jobs_emitted = 0  # since start, committed or not (bench, tests)
         self.inputs_processed = 0
 
@@ -84,6 +96,7 @@ class CoordinatorProcessor:
         samples are dropped too: a revocation ends the transaction they belonged to, or follows it."""
         self.engines.pop(partition, None)
         self._pending_latency.clear()
+        self._dirty.pop(partition, None)
         self.update_gauges()
 
     def process(self, record: Record, ctx: Context) -> None:
@@ -93,26 +106,53 @@ class CoordinatorProcessor:
         value = record.value
         series = series_key(value["symbol"], value["timeframe"])
         if record.key != series:
-            raise InvalidRecordError("key_mismatch", f"key {record.key!r} but the record's series is {series!r}")
-        now_ms = ctx.now_ms or int(time.time() * 1000)
-        if record.topic == INFERENCE_REFS:
-            out = engine.on_ref(cast(InferenceRef, value), now_ms)
-        elif record.topic == CANDLES:
-            out = engine.on_candle(cast(Candle, value), now_ms)
-        elif record.topic == PIVOTS:
-            out = engine.on_pivot(cast(Pivot, value), now_ms)
-        else:
+            raise InvalidRecordError("key_mismatch",
+                                     f"key {record.key!r} but the record's series is {series!r}")
+        if record.topic not in KIND_OF_TOPIC:
             raise RestartSession(f"coordinator does not consume {record.topic!r}")
+        now_ms = ctx.now_ms or int(time.time() * 1000)
+        try:
+            if record.topic == INFERENCE_REFS:
+                out = engine.on_ref(cast(InferenceRef, value), now_ms)
+            elif record.topic == CANDLES:
+                out = engine.on_candle(cast(Candle, value), now_ms)
+            else:
+                out = engine.on_pivot(cast(Pivot, value), now_ms)
+            for job in out.jobs:
+                ctx.emit(TRAINING_JOBS, job["model_key"], cast(dict[str, Any], job))
+                self._pending_latency.append((job["trigger"], record.timestamp))
+            dirty = self._dirty.setdefault(record.partition, {})
+            for key, state_value in out.changes:
+                dirty[key] = state_value  # written by end_batch, once per key per transaction
+        except (RestartSession, RegistryUnavailableError, KafkaException):
+            raise
+        except Exception as exc:
+            # The engine may already have changed its in-memory state: dead-lettering the record
+            # would leave that state ahead of the changelog. Abort and restore instead (loud: a
+            # deterministic failure here is a bug, and it shows as aborted transactions + not ready).
+            log.exception("coordinator failed on a valid input; restarting the session", extra={
+                "topic": record.topic, "partition": record.partition, "offset": record.offset})
+            raise RestartSession(f"internal error on {record.topic}@{record.offset}: {exc!r}") from exc
         self.inputs_processed += 1
-        for job in out.jobs:
-            ctx.emit(TRAINING_JOBS, job["model_key"], cast(dict[str, Any], job))
-            self._pending_latency.append((job["trigger"], record.timestamp))
         self.jobs_emitted += len(out.jobs)
-        for key, state_value in out.changes:
-            ctx.put_state(key, state_value)
         self._account(out)
 
     # ------------------------------------------------------------------ transaction hooks
+
+    def end_batch(self, ctx: Context) -> None:
+        """Write the transaction's state changes to the changelog: the latest value of each changed
+        key, once. Called inside the transaction, after its last record and before its offsets.
+
+        Why this is exact: restore keeps only the latest value per key (join.py), so after the commit
+        the changelog restores to the same engine as if every intermediate value had been written;
+        a pivot joining a dozen refs, or a ref accepted, joined and expired within one batch, then
+        costs one record per key instead of one per change.
+        """
+        for partition in sorted(self._dirty):
+            ctx.partition = partition
+            for key, value in self._dirty[partition].items():
+                ctx.put_state(key, value)
+        self._dirty.clear()
 
     def batch_committed(self) -> None:
         """Called after each committed transaction: the jobs are now visible to read_committed
@@ -120,6 +160,8 @@ class CoordinatorProcessor:
         if self._pending_latency:
             now = time.time()
             for trigger, ts in self._pending_latency:
+                if ts <= 0:  # the input had no Kafka timestamp
+                    continue
                 seconds = max(0.0, now - ts / 1000.0)
                 metrics.JOIN_LATENCY.labels(trigger).observe(seconds)
                 if self._latency_observer is not None:
@@ -129,8 +171,27 @@ class CoordinatorProcessor:
 
     def batch_aborted(self) -> None:
         self._pending_latency.clear()
+        self._dirty.clear()
 
     # ------------------------------------------------------------------ metrics
+
+    @staticmethod
+    def _children(name: str) -> list[Any]:
+        """The metric children an engine count (``<kind>.<outcome>``, ``job.<trigger>``,
+        ``ref.expired.<reason>``, ``<kind>.evicted``) increments."""
+        parts = name.split(".")
+        if parts[0] == "job":
+            return [metrics.JOBS_TOTAL.labels(parts[1])]
+        if len(parts) == 3 and parts[1] == EXPIRED:
+            return [metrics.EXPIRED_TOTAL.labels(parts[2])]
+        if len(parts) == 2 and parts[1] == "evicted":
+            return [metrics.EVICTED_TOTAL.labels(parts[0])]
+        if len(parts) == 2:
+            out = [metrics.INPUTS_TOTAL.labels(parts[0], parts[1])]
+            if parts[1] == "late":
+                out.append(metrics.LATE_INPUTS_TOTAL.labels(parts[0]))
+            return out
+        return []
 
     def update_gauges(self) -> None:
         totals: Counter[str] = Counter()
@@ -143,17 +204,11 @@ class CoordinatorProcessor:
 
     def _account(self, out: Output) -> None:
         for name, n in out.counts.items():
-            parts = name.split(".")
-            if parts[0] == "job":
-                metrics.JOBS_TOTAL.labels(parts[1]).inc(n)
-            elif len(parts) == 3 and parts[1] == EXPIRED:
-                metrics.EXPIRED_TOTAL.labels(parts[2]).inc(n)
-            elif len(parts) == 2 and parts[1] == "evicted":
-                metrics.EVICTED_TOTAL.labels(parts[0]).inc(n)
-            elif len(parts) == 2:
-                metrics.INPUTS_TOTAL.labels(parts[0], parts[1]).inc(n)
-                if parts[1] == "late":
-                    metrics.LATE_INPUTS_TOTAL.labels(parts[0]).inc(n)
+            children = self._counters.get(name)
+            if children is None:
+                children = self._counters[name] = self._children(name)
+            for child in children:
+                child.inc(n)
         for ev in out.events:
             if ev.outcome == EXPIRED:
                 log.debug("ref expired", extra=ev.as_dict())

@@ -48,9 +48,12 @@ class CoordinatorSettings:
     max_lag_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
     #: Messages per consume call (and at most per transaction).
     batch_size: int = 500
+    #: How long one consume call waits to fill a batch: bounds the batching delay a live input sees
+    #: (join latency) against the number of transactions per second.
+    poll_timeout_ms: int = 200
     #: Event-time alignment: how long a held record waits for an input partition that is neither
     #: caught up nor delivering (e.g. an open transaction at its tail) before it stops waiting.
-    align_max_wait_ms: int = 2_000
+    align_max_wait_ms: int = 5_000
     #: Records held per input topic-partition before that partition is paused (memory bound).
     align_max_buffered: int = 20_000
 
@@ -67,6 +70,8 @@ class CoordinatorSettings:
                 raise ConfigError(f"COORDINATOR_{name.upper()}_BY_TIMEFRAME: values must be >= 0")
         if self.batch_size < 1:
             raise ConfigError(f"COORDINATOR_BATCH_SIZE must be >= 1, got {self.batch_size}")
+        if self.poll_timeout_ms < 1:
+            raise ConfigError(f"COORDINATOR_POLL_TIMEOUT_MS must be >= 1, got {self.poll_timeout_ms}")
         if self.align_max_wait_ms < 0:
             raise ConfigError(f"COORDINATOR_ALIGN_MAX_WAIT_MS must be >= 0, got {self.align_max_wait_ms}")
         if self.align_max_buffered < 1:

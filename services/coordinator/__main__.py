@@ -1,0 +1,30 @@
+"""``python -m services.coordinator``: inference-refs + candles + pivots -> training-jobs.
+
+Wiring only; the join is in join.py (pure engine), processor.py (engine per partition, changelog,
+metrics), aligned.py (event-time alignment of the three inputs, exactly-once loop) and settings.py
+(``COORDINATOR_*``). Platform settings (broker, registry, ``TOPIC_PREFIX``, ``INSTANCE_ID``,
+``HTTP_PORT``) come from reftrain.settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from reftrain import service
+from services.coordinator import settings as coordinator_settings
+from services.coordinator.app import build_app
+
+log = logging.getLogger("services.coordinator")
+
+
+def body(rt: service.Runtime) -> None:
+    settings = coordinator_settings.load()
+    app, _ = build_app(rt.platform, settings)
+    log.info("coordinator settings", extra={
+        "group": app.group, "instance_id": app.instance_id, "changelog": app.changelog,
+        "settings": {k: v for k, v in vars(settings).items()}})
+    app.run(rt.stop, rt.health)
+
+
+if __name__ == "__main__":
+    service.main(coordinator_settings.SERVICE, body, default_port=coordinator_settings.DEFAULT_PORT)
