@@ -283,17 +283,27 @@ class Store:
         return int(rows[0][0])
 
 
-def _insert_values(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]],
-                   chunk: int = 500) -> None:
-    """Multi-row VALUES inserts: executemany() runs one statement per row (20x slower)."""
+def _column_array(values: list[Any]) -> np.ndarray:
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(isinstance(v, (float, int, np.floating)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(values, dtype=object)  # strings, or a column with NULLs
+
+
+def _insert_values(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert rows by registering them as columnar numpy arrays: 10-20x faster than multi-row
+    VALUES with parameters, and executemany() runs one statement per row."""
     if not rows:
         return
-    width = len(rows[0])
-    placeholder = "(" + ",".join("?" * width) + ")"
-    for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
-        params = [v for row in part for v in row]
-        con.execute(f"INSERT INTO {table} VALUES " + ",".join([placeholder] * len(part)), params)
+    names = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+    columns = {name: _column_array([row[i] for row in rows]) for i, name in enumerate(names)}
+    con.register("_rows", columns)
+    try:
+        cols = ", ".join(f'"{n}"' for n in names)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
+    finally:
+        con.unregister("_rows")
 
 
 def _window(symbol: str, timeframe: str, rows: dict[str, Any]) -> Window:

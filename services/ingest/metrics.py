@@ -68,3 +68,8 @@ WS_IN_PROGRESS = Counter(
 REPLAY_COMPLETE = Gauge(
     "reftrain_ingest_replay_complete", "1 once every file has been replayed, stored and published"
 )
+QUARANTINED = Counter(
+    "reftrain_ingest_quarantined_total",
+    "Entries written to the quarantine (store) and candles.dlq: invalid rows and conflicting duplicates",
+    ["reason"],
+)

@@ -1,0 +1,246 @@
+"""The Kafka side of ingest: publish candles (and quarantined rows) with delivery confirmed, and
+read back, on start-up, what the topic already holds.
+
+Ingest is the only producer of ``candles`` and publishes each series in open_time order with an
+idempotent producer, waiting for every delivery report of a batch before it commits the next batch
+to the store. So per series the topic is a prefix of the store, and the last message of a series'
+partition says how far that prefix goes. A series' partition is computed with Kafka's murmur2
+(the partitioner of ``producer_config``), so start-up reads a few messages at the end of the
+partitions that matter instead of the whole topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from reftrain import observability as obs
+from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.records import Candle, candle_series
+from reftrain.schemas import CONTENT_TYPE_HEADER
+from reftrain.serde import AvroSerde
+from reftrain.settings import PlatformSettings
+from reftrain.streams import consumer_config, producer_config
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+QUARANTINE_ID_HEADER = "quarantine.id"
+JSON_CONTENT_TYPE = "application/json"
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (``org.apache.kafka.common.utils.Utils.murmur2``) as an unsigned int."""
+    m = 0x5BD1E995
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    rest = length % 4
+    tail = length - rest
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the murmur2 partitioner (librdkafka ``murmur2_random``, Java's default) picks."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class DeadRow:
+    """A quarantined row or candle: ``qid`` names it stably across restarts (file#row)."""
+
+    qid: str
+    source: str
+    row: int | None
+    series: str | None
+    reason: str
+    detail: str
+    raw: Any
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": self.qid, "service": SERVICE, "source": self.source, "row": self.row,
+                "series": self.series, "reason": self.reason, "detail": self.detail, "raw": self.raw}
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> DeadRow:
+        return cls(str(p["id"]), str(p.get("source", "")), p.get("row"), p.get("series"),
+                   str(p.get("reason", "")), str(p.get("detail", "")), p.get("raw"))
+
+
+class KafkaPublisher:
+    """Produces candles (Avro, key = series, content-type header) and dead rows (JSON + error
+    headers) and returns only when the broker acknowledged all of them: a failed delivery raises."""
+
+    def __init__(self, platform: PlatformSettings, serde: AvroSerde, dlq_topic: str) -> None:
+        self.serde = serde
+        self.topic = serde.topic
+        self.dlq_topic = dlq_topic
+        self.producer = Producer(producer_config(platform, **{"client.id": f"{platform.topic_prefix}ingest"}))
+        self._content_type = [(CONTENT_TYPE_HEADER, serde.content_type.encode())]
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}] key={msg.key()!r}: {err}")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.05)
+
+    def publish(self, candles: Sequence[Candle], dead: Sequence[DeadRow] = (), timeout: float = 60.0) -> None:
+        for c in candles:
+            self._produce(self.topic, candle_series(c).encode(), self.serde.encode(dict(c)), self._content_type)
+        for d in dead:
+            self._produce(self.dlq_topic, d.series.encode() if d.series else None,
+                          json.dumps(d.payload(), default=str).encode(), dead_headers(d))
+        remaining = self.producer.flush(timeout)
+        if self._errors or remaining:
+            errors, self._errors = self._errors, []
+            raise KafkaBoundaryError(f"{len(errors)} deliveries failed, {remaining} unconfirmed after "
+                                     f"{timeout}s; first: {errors[:3]}")
+        if candles:
+            obs.MESSAGES_PRODUCED.labels(SERVICE, "candles").inc(len(candles))
+        if dead:
+            obs.DLQ_TOTAL.labels(SERVICE, "candles", "quarantined").inc(len(dead))
+
+    def close(self) -> None:
+        self.producer.flush(30)
+
+
+def dead_headers(d: DeadRow) -> list[tuple[str, bytes]]:
+    """The error headers of reftrain.streams.error_headers, with the source file and row instead of
+    topic/partition/offset (the row never was a Kafka message)."""
+    return [
+        (CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode()),
+        ("error.class", b"InvalidRecordError"),
+        ("error.reason", d.reason.encode()),
+        ("error.message", d.detail[:1000].encode("utf-8", "replace")),
+        ("source.file", d.source.encode("utf-8", "replace")),
+        ("source.row", str(d.row if d.row is not None else "").encode()),
+        ("service", SERVICE.encode()),
+        (QUARANTINE_ID_HEADER, d.qid.encode("utf-8", "replace")),
+    ]
+
+
+def _resume_consumer(platform: PlatformSettings) -> Consumer:
+    """A consumer for reading ranges (assign, never commit); short fetch waits, because each range
+    starts a new fetch and the broker would otherwise hold it for fetch.wait.max.ms (500 ms)."""
+    return Consumer(consumer_config(platform, f"{platform.topic_prefix}ingest-resume",
+                                    **{"fetch.wait.max.ms": 10}))
+
+
+def _read_span(consumer: Consumer, topic: str, partition: int, start: int, end: int,
+               deadline: float) -> Iterable[Message]:
+    """Messages of [start, end) of one partition (read_committed); raises on a stall past deadline."""
+    tp = TopicPartition(topic, partition)
+    consumer.assign([TopicPartition(topic, partition, start)])
+    while True:
+        for m in consumer.consume(1000, 0.1):  # short: the loop ends on position, not on a timeout
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaBoundaryError(f"reading {topic}[{partition}]: {err}")
+            if m.offset() < end:
+                yield m
+        pos = consumer.position([tp])[0].offset
+        if pos >= end:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaBoundaryError(f"reading {topic}[{partition}] stalled at {pos} < {end}")
+
+
+def last_published(platform: PlatformSettings, serde: AvroSerde, series: Iterable[str], *,
+                   chunk: int = 2000, timeout: float = 120.0) -> dict[str, int]:
+    """Max open_time on the topic of each of ``series`` (absent: never published).
+
+    Reads each relevant partition backwards in chunks from its end (the last stable offset under
+    read_committed) until every series of that partition was seen or the partition's start is
+    reached; a series' last message carries its max open_time because ingest publishes in order.
+    """
+    topic = serde.topic
+    consumer = _resume_consumer(platform)
+    deadline = time.monotonic() + timeout
+    found: dict[str, int] = {}
+    try:
+        md = consumer.list_topics(topic, timeout=30)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            return found
+        n = len(md.topics[topic].partitions)
+        wanted: dict[int, set[str]] = {}
+        for s in series:
+            wanted.setdefault(partition_of(s, n), set()).add(s)
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in wanted}
+        for p, keys in sorted(wanted.items()):
+            lo, hi = marks[p]
+            missing = set(keys)
+            end = hi
+            while missing and end > lo:
+                start = max(lo, end - chunk)
+                seen: set[str] = set()
+                for m in _read_span(consumer, topic, p, start, end, deadline):
+                    raw_key = m.key()
+                    key = raw_key.decode("utf-8", "replace") if raw_key is not None else ""
+                    if key not in missing:
+                        continue
+                    try:
+                        value = serde.decode(m.value())
+                    except (DecodeError, InvalidRecordError) as exc:  # not ours to repair
+                        log.warning("undecodable message on candles at resume", extra={
+                            "partition": p, "offset": m.offset(), "error": str(exc)[:200]})
+                        continue
+                    found[key] = max(found.get(key, value["open_time"]), value["open_time"])
+                    seen.add(key)
+                missing -= seen
+                end = start
+    finally:
+        consumer.close()
+    return found
+
+
+def published_dead_ids(platform: PlatformSettings, dlq_topic: str, timeout: float = 120.0) -> set[str]:
+    """Quarantine ids already on the dead-letter topic (read whole: it holds only bad rows)."""
+    consumer = _resume_consumer(platform)
+    deadline = time.monotonic() + timeout
+    ids: set[str] = set()
+    try:
+        md = consumer.list_topics(dlq_topic, timeout=30)
+        if dlq_topic not in md.topics or md.topics[dlq_topic].error is not None:
+            return ids
+        for p in md.topics[dlq_topic].partitions:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(dlq_topic, p), timeout=30)
+            if hi <= lo:
+                continue
+            for m in _read_span(consumer, dlq_topic, p, lo, hi, deadline):
+                for k, v in m.headers() or []:
+                    if k == QUARANTINE_ID_HEADER and v is not None:
+                        ids.add(v.decode("utf-8", "replace"))
+    finally:
+        consumer.close()
+    return ids
