@@ -40,13 +40,18 @@ test-unit: venv ## unit and contract tests only (no broker)
 	$(PY) -m pytest tests/unit tests/contract $(PYTEST_ARGS)
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check reftrain services tests bench
+	$(VENV)/bin/ruff check reftrain services tests bench ops deploy/init
 
 typecheck: venv ## mypy
-	$(VENV)/bin/mypy reftrain services
+	$(VENV)/bin/mypy reftrain services ops
 
+RUN_ARGS ?=
+REPORT_ARGS ?=
 run: venv ## the whole loop on the bundled real data: stack, services, replay, report, plots, clean stop
-	PYTHON=$(PY) $(PY) -m reftrain.demo
+	PYTHON=$(PY) $(PY) -m ops.run $(RUN_ARGS)
+
+report: venv ## the report of a running stack ($$TOPIC_PREFIX), or REPORT_ARGS="--run reports/<run>"
+	$(PY) -m ops.report $(REPORT_ARGS)
 
 bench: venv ## benchmarks with their anchors (ratios printed)
 	PYTHON=$(PY) $(STACK) up
