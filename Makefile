@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -m 'not slow'
 
 .PHONY: help venv up down status env test test-unit lint typecheck run report bench faults plots clean reset
 
@@ -57,8 +57,9 @@ bench: venv ## benchmarks with their anchors (ratios printed)
 	PYTHON=$(PY) $(STACK) up
 	eval "$$($(STACK) env)"; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-faults: venv ## fault-injection campaign (full size)
-	$(PY) -m pytest tests/faults -m slow $(PYTEST_ARGS)
+FAULT_ARGS ?=
+faults: venv ## fault-injection campaign, full size, on a private stack (table -> docs/reliability.md)
+	PYTHON=$(PY) $(PY) -m ops.faults --size full $(FAULT_ARGS)
 
 clean: ## remove caches (keeps the venv and stack data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis reports
