@@ -116,7 +116,7 @@ class Size:
     store_down_s: float
     scale_events: int
     bad_every: int  # a bad candle and a bad training job before every n-th fault
-    settle_s: tuple[float, float] = (2.0, 6.0)
+    settle_s: tuple[float, float] = (1.0, 4.0)
     recovery_timeout_s: float = 240.0
 
 
@@ -330,7 +330,48 @@ class Probe:
         self._by_group.clear()
 
 
-# -- supervised processes ---------------------------------------------------------------------------
+def _git_state() -> dict[str, str]:
+    """Which code the campaign ran (read-only git queries)."""
+    out = {}
+    for key, args in (("commit", ["rev-parse", "HEAD"]), ("changed files", ["status", "--porcelain"])):
+        with contextlib.suppress(Exception):
+            res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+            out[key] = res.stdout.strip() if key == "commit" else str(len(res.stdout.splitlines()))
+    return out
+
+
+# -- supervised processes ----------------------------------------------------------------------------
+CODE = ("reftrain", "services", "schemas")
+
+
+def snapshot_code(dest: Path) -> Path:
+    """Copy the code the services run (reftrain/, services/, schemas/) into ``dest``: every restart
+    during the campaign then runs the same code, even while the working tree changes (a restart
+    that picked up an edited changelog topic name once lost the services' state mid-campaign)."""
+    for name in CODE:
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        dirs_exist_ok=True)
+    return dest
+
+
+@dataclass
+class SnapshotProcess(ServiceProcess):
+    """ops.procs.ServiceProcess, started from the campaign's code snapshot instead of the work tree."""
+
+    code_dir: Path = REPO
+
+    def start(self) -> None:
+        from ops.procs import _die_with_parent
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close_log()
+        env = {**self.env, "PYTHONPATH": str(self.code_dir)}
+        self.proc = subprocess.Popen([sys.executable, "-m", self.stage.module], cwd=self.code_dir, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self.started_at = time.time()
+
+
 @dataclass
 class Exit:
     at: float
@@ -460,6 +501,8 @@ class Campaign:
         self.fed: dict[str, list[int]] = defaultdict(list)  # series -> open_times handed to ingest
         self.platform: PlatformSettings | None = None
         self.probe: Probe | None = None
+        self.code = REPO
+        self.git: dict[str, str] = {}
         self.base_env: dict[str, str] = {}
         self.t0 = time.time()
 
@@ -478,6 +521,8 @@ class Campaign:
         TopicCatalogue(self.platform).ensure(view.admin)
         del view  # an idle AdminClient only logs connection errors while the broker is down
         self.probe = Probe(self.platform)
+        self.code = snapshot_code(self.out / "code")
+        self.git = _git_state()
         self._prepare_chunks()
 
     def _prepare_chunks(self) -> None:
@@ -518,7 +563,8 @@ class Campaign:
     def add(self, stage: str, instance: str, extra: dict[str, str] | None = None, keep: bool = True) -> Instance:
         port = free_port()
         env = self._env(instance, port, extra or {})
-        proc = ServiceProcess(BY_NAME[stage], instance, port, self.out / "logs" / f"{instance}.log", env)
+        proc = SnapshotProcess(BY_NAME[stage], instance, port, self.out / "logs" / f"{instance}.log", env,
+                               code_dir=self.code)
         inst = Instance(proc, env, keep=keep)
         self.instances[instance] = inst
         inst.start()
@@ -1169,7 +1215,7 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
         "jobs were produced": totals.expected > 0,
     }
     inj = [{**asdict(j), "recovery_s": j.recovery_s} for j in c.injections]
-    meta = {"size": asdict(c.size), "seed": c.seed, "topic_prefix": platform.topic_prefix,
+    meta = {"size": asdict(c.size), "seed": c.seed, "topic_prefix": platform.topic_prefix, "git": c.git,
             "catalog": platform.store_catalog, "chunks_fed": c.next_chunk,
             "candles_fed": {s: len(v) for s, v in fed.items()},
             "started": datetime.fromtimestamp(c.t0, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
