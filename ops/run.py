@@ -248,7 +248,7 @@ def prepare_files(files: Sequence[str], candles: int, dest: Path, warmup: int = 
 
 
 # -- the run ------------------------------------------------------------------------------------------
-class _Interrupted(Exception):
+class _Interrupted(BaseException):  # not Exception: no "except Exception" may swallow Ctrl-C
     pass
 
 

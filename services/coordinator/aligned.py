@@ -220,7 +220,8 @@ class AlignedStreamApp(StreamApp):
             self._forget_all()
             with contextlib.suppress(Exception):  # closing after a fatal error may fail again
                 consumer.close()  # leaves the group: partitions move at once, not after session timeout
-            producer.flush(5)
+            with contextlib.suppress(KafkaException):  # a fenced producer refuses to flush
+                producer.flush(5)
 
     def _step(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
         """Queue the polled messages, release what alignment allows in one transaction, commit."""

@@ -323,21 +323,21 @@ def test_refs_and_pivots_corpus_and_pivots_of_unknown_series(
             if c["open_time"] in ref_at:
                 refc.good(series, dict(ref_at[c["open_time"]]))
         if n == 0:  # the corpus, in the middle of the stream
-            r, p = dict(refs[0]), dict(pivots[-1])
+            r: dict[str, Any] = dict(refs[0])
+            pv: dict[str, Any] = dict(pivots[-1])
             refc.common(key, r, CANDLES, dict(candles[0]))
-            pivc.common(key, p, INFERENCE_REFS, r)
+            pivc.common(key, pv, INFERENCE_REFS, r)
             refc.bad("look-ahead ref", key, refc.encode(INFERENCE_REFS, {**r, "target_timestamp": r["data_range_end"]}),
                      "InvalidRecordError", "look_ahead")
             refc.bad("NaN probability", key, refc.encode(INFERENCE_REFS, {
                 **r, "action_probs": {"buy": math.nan, "sell": 0.5, "hold": 0.5}}), "InvalidRecordError", "bad_probs")
             refc.bad("empty key", b"", refc.encode(INFERENCE_REFS, r), "InvalidRecordError", "key_mismatch")
-            pivc.bad("confirmed before pivot", key, pivc.encode(PIVOTS, {**p, "confirmed_at": p["pivot_time"]}),
+            pivc.bad("confirmed before pivot", key, pivc.encode(PIVOTS, {**pv, "confirmed_at": pv["pivot_time"]}),
                      "InvalidRecordError", "confirmed_before_pivot")
-            pivc.bad("misaligned pivot time", key, pivc.encode(PIVOTS, {**p, "pivot_time": p["pivot_time"] + 1}),
+            pivc.bad("misaligned pivot time", key, pivc.encode(PIVOTS, {**pv, "pivot_time": pv["pivot_time"] + 1}),
                      "InvalidRecordError", "misaligned_pivot_time")
-            pivc.bad("null key", None, pivc.encode(PIVOTS, p), "InvalidRecordError", "key_mismatch")
-            unknown: Pivot = {**p, "symbol": "NOSUCHCOIN", "pivot_id": "unknown-series-pivot"}  # type: ignore[typeddict-item]
-            pivc.good("NOSUCHCOIN:1m", dict(unknown))
+            pivc.bad("null key", None, pivc.encode(PIVOTS, pv), "InvalidRecordError", "key_mismatch")
+            pivc.good("NOSUCHCOIN:1m", {**pv, "symbol": "NOSUCHCOIN", "pivot_id": "unknown-series-pivot"})
 
     refc.check_dlq(("coordinator",), 180, [coord])
     pivc.check_dlq(("coordinator",), 60, [coord])

@@ -45,10 +45,12 @@ def check(result: Result) -> None:
     assert result.ok, result.checks
 
 
+@pytest.mark.timeout(2400)  # about 6 min on an idle 2-core box; 20 min seen on an overloaded one
 def test_reduced_campaign_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     check(run_campaign(Options(size="reduced", out_root=tmp_path, seed=20251130)))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)  # about 20 min
 def test_full_campaign_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     check(run_campaign(Options(size="full", out_root=tmp_path)))
