@@ -56,17 +56,16 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from ops.kafkaview import KafkaView, Msg, read_topic
-from ops.procs import ServiceProcess, free_port, pid_alive
+from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_raise
 from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
 from ops.stages import BY_NAME, REPO
 from reftrain import settings as settings_mod
@@ -245,91 +244,6 @@ class CampaignError(Exception):
     """The campaign cannot run (stack, data): exit 2."""
 
 
-# -- offsets, read without the AdminClient -------------------------------------------------------------
-class Probe:
-    """Committed offsets and high watermarks through plain consumers that never join a group.
-
-    Why not ops.kafkaview's AdminClient: ``list_consumer_group_offsets`` crashes the whole process
-    with SIGSEGV inside librdkafka when the group coordinator answers NOT_COORDINATOR, which is what
-    it answers while a restarted broker loads its groups (confluent-kafka-python#1982; observed here:
-    the first campaign died that way during a broker restart). A consumer's ``committed()`` handles
-    that answer (it has a group handle), so a probe per group is used instead."""
-
-    def __init__(self, platform: PlatformSettings, timeout: float = 5.0) -> None:
-        self.platform = platform
-        self.timeout = timeout
-        self._by_group: dict[str, Any] = {}
-        self._meta = self._consumer(f"faults-probe-{uuid.uuid4().hex[:8]}")
-
-    def _consumer(self, group: str) -> Any:
-        from confluent_kafka import Consumer
-
-        return Consumer({"bootstrap.servers": self.platform.kafka_bootstrap_servers, "group.id": group,
-                         "enable.auto.commit": False, "enable.auto.offset.store": False, "log_level": 2,
-                         "isolation.level": "read_uncommitted", "socket.timeout.ms": 5000})
-
-    def partitions(self, topic: str) -> list[int]:
-        md = self._meta.list_topics(topic, timeout=self.timeout)
-        t = md.topics.get(topic)
-        return sorted(t.partitions) if t is not None and t.error is None else []
-
-    def ends(self, topics: Sequence[str]) -> dict[tuple[str, int], int]:
-        from confluent_kafka import TopicPartition
-
-        out = {}
-        for t in topics:
-            for p in self.partitions(t):
-                out[(t, p)] = int(self._meta.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout)[1])
-        return out
-
-    def committed(self, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
-        from confluent_kafka import TopicPartition
-
-        c = self._by_group.get(group)
-        if c is None:
-            c = self._by_group[group] = self._consumer(group)
-        tps = [TopicPartition(t, p) for t in topics for p in self.partitions(t)]
-        if not tps:
-            return {}
-        return {(tp.topic, tp.partition): int(tp.offset) for tp in c.committed(tps, timeout=self.timeout)
-                if tp.offset >= 0}
-
-    def lag(self, group: str, topics: Sequence[str], timeout: float = 20.0) -> int:
-        """Committed records ``group`` has not consumed (transaction markers and aborted records not
-        counted: a caught-up transactional group often shows end - committed == 1); -1 if unknown."""
-        from confluent_kafka import Consumer, TopicPartition
-
-        ends = self.ends(topics)
-        done = self.committed(group, topics)
-        behind = {tp: hi for tp, hi in ends.items() if hi > done.get(tp, 0)}
-        if not behind:
-            return 0
-        reader = Consumer({"bootstrap.servers": self.platform.kafka_bootstrap_servers, "log_level": 2,
-                           "group.id": f"faults-lag-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                           "isolation.level": "read_committed", "enable.partition.eof": False})
-        try:
-            reader.assign([TopicPartition(t, p, done.get((t, p), 0)) for (t, p) in behind])
-            count = 0
-            deadline = time.monotonic() + timeout
-            while behind and time.monotonic() < deadline:
-                count += sum(1 for m in reader.consume(1000, 0.2) if m.error() is None)
-                for tp in reader.position([TopicPartition(t, p) for (t, p) in behind]):
-                    if tp.offset >= behind[(tp.topic, tp.partition)]:
-                        behind.pop((tp.topic, tp.partition), None)
-            return count if not behind else -1
-        finally:
-            reader.close()
-
-    def topics_with_prefix(self, prefix: str) -> list[str]:
-        return sorted(t for t in self._meta.list_topics(timeout=self.timeout).topics if t.startswith(prefix))
-
-    def close(self) -> None:
-        for c in [self._meta, *self._by_group.values()]:
-            with contextlib.suppress(Exception):
-                c.close()
-        self._by_group.clear()
-
-
 def _git_state() -> dict[str, str]:
     """Which code the campaign ran (read-only git queries)."""
     out = {}
@@ -475,10 +389,6 @@ class Result:
 
 
 # -- the campaign -----------------------------------------------------------------------------------
-class Interrupted(Exception):
-    pass
-
-
 class Campaign:
     """One campaign run on one private stack; see the module docstring."""
 
@@ -500,7 +410,7 @@ class Campaign:
         self.bad: list[dict[str, Any]] = []
         self.fed: dict[str, list[int]] = defaultdict(list)  # series -> open_times handed to ingest
         self.platform: PlatformSettings | None = None
-        self.probe: Probe | None = None
+        self.probe: KafkaView | None = None
         self.code = REPO
         self.git: dict[str, str] = {}
         self.base_env: dict[str, str] = {}
@@ -517,10 +427,8 @@ class Campaign:
         self.base_env = dict(os.environ)
         for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
             self.base_env.pop(k, None)
-        view = KafkaView(self.platform)
-        TopicCatalogue(self.platform).ensure(view.admin)
-        del view  # an idle AdminClient only logs connection errors while the broker is down
-        self.probe = Probe(self.platform)
+        self.probe = KafkaView(self.platform, timeout=5.0)
+        TopicCatalogue(self.platform).ensure(self.probe.admin)
         self.code = snapshot_code(self.out / "code")
         self.git = _git_state()
         self._prepare_chunks()
@@ -674,7 +582,7 @@ class Campaign:
         for s in stages:
             try:
                 if s == "ingest":
-                    out[s] = sum(self.probe.ends([cat.name(CANDLES)]).values())
+                    out[s] = sum(self.probe.end_offsets([cat.name(CANDLES)]).values())
                 else:
                     topics = [cat.name(t) for t in INPUTS[s]]
                     out[s] = sum(self.probe.committed(f"{self.platform.topic_prefix}{s}", topics).values())
@@ -955,13 +863,14 @@ class Campaign:
         def drained() -> bool:
             nonlocal last, changed
             try:
-                ends = probe.ends(probe.topics_with_prefix(prefix))
+                ends = probe.end_offsets(probe.topics_with_prefix(prefix))
                 if ends != last:
                     last, changed = ends, time.monotonic()
                     return False
                 if time.monotonic() - changed < idle_s:
                     return False
-                return all(probe.lag(f"{prefix}{s}", [cat.name(t) for t in INPUTS[s]]) == 0 for s in CONSUMERS)
+                return all(probe.effective_lag(f"{prefix}{s}", [cat.name(t) for t in INPUTS[s]], timeout=20.0) == 0
+                           for s in CONSUMERS)
             except Exception:
                 return False
 
@@ -1341,21 +1250,6 @@ class Options:
     keep_data: bool = False
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -1372,7 +1266,7 @@ def run_campaign(opts: Options, log: Callable[[str], None] = _say) -> Result:
         f"(ports {stack.ports})")
     campaign: Campaign | None = None
     try:
-        with _signals_raise():
+        with signals_raise():
             stack.up()
             campaign = Campaign(size, stack, out, seed, log)
             try:

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from reftrain.errors import DecodeError, InvalidRecordError
 from reftrain.settings import PlatformSettings
@@ -54,48 +54,62 @@ class TopicRead:
 
 
 class KafkaView:
-    """Admin-side queries against one broker (one AdminClient and one helper consumer, reused)."""
+    """Read-only queries against one broker: topics, end offsets, committed offsets, lag.
+
+    Offsets are read through plain consumers that never join a group, NOT through the AdminClient:
+    ``AdminClient.list_consumer_group_offsets`` crashes the whole process with SIGSEGV inside
+    librdkafka when the group coordinator answers NOT_COORDINATOR, which is what it answers while a
+    restarted broker loads its groups (confluent-kafka-python#1982; it killed the first fault
+    campaign during a broker restart). A consumer's ``committed()`` handles that answer. The
+    AdminClient is kept for topic creation and deletion only."""
 
     def __init__(self, platform: PlatformSettings, timeout: float = 10.0) -> None:
         self.platform = platform
         self.timeout = timeout
         self.catalogue = TopicCatalogue(platform)
         self.admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers})
+        self._meta = self._consumer(f"ops-view-{uuid.uuid4().hex[:8]}")
+        self._by_group: dict[str, Consumer] = {}
+
+    def _consumer(self, group: str) -> Consumer:
+        """A consumer of ``group`` that never subscribes nor commits: it only asks questions."""
+        return Consumer({"bootstrap.servers": self.platform.kafka_bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False, "enable.auto.offset.store": False, "log_level": 2,
+                         "isolation.level": "read_uncommitted", "socket.timeout.ms": 5000})
 
     def close(self) -> None:
-        """Nothing to close on AdminClient; kept so callers can use one shape for every view."""
+        for c in [self._meta, *self._by_group.values()]:
+            with contextlib.suppress(Exception):
+                c.close()
+        self._by_group.clear()
 
     # -- metadata and offsets -----------------------------------------------------------------
     def existing_topics(self) -> set[str]:
-        return set(self.admin.list_topics(timeout=self.timeout).topics)
+        return set(self._meta.list_topics(timeout=self.timeout).topics)
 
     def partitions(self, topics: Iterable[str]) -> dict[str, int]:
-        md = self.admin.list_topics(timeout=self.timeout).topics
-        return {t: len(md[t].partitions) for t in topics if t in md}
+        md = self._meta.list_topics(timeout=self.timeout).topics
+        return {t: len(md[t].partitions) for t in topics if t in md and md[t].error is None}
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TP, int]:
         """High watermark of every partition of the existing topics among ``topics``."""
-        counts = self.partitions(topics)
-        request = {TopicPartition(t, p): OffsetSpec.latest() for t, n in counts.items() for p in range(n)}
-        if not request:
-            return {}
         out: dict[TP, int] = {}
-        for tp, fut in self.admin.list_offsets(request, request_timeout=self.timeout).items():
-            with contextlib.suppress(KafkaException):
-                out[(tp.topic, tp.partition)] = int(fut.result().offset)
+        for t, n in self.partitions(topics).items():
+            for p in range(n):
+                _lo, hi = self._meta.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout)
+                out[(t, p)] = int(hi)
         return out
 
     def committed(self, group: str, topics: Iterable[str]) -> dict[TP, int]:
         """Committed offsets of ``group`` on ``topics`` (partitions with no commit are absent)."""
-        wanted = set(topics)
-        try:
-            futs = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                          request_timeout=self.timeout)
-            result = next(iter(futs.values())).result()
-        except KafkaException:
+        tps = [TopicPartition(t, p) for t, n in self.partitions(topics).items() for p in range(n)]
+        if not tps:
             return {}
-        return {(tp.topic, tp.partition): int(tp.offset) for tp in result.topic_partitions or []
-                if tp.topic in wanted and tp.offset >= 0}
+        c = self._by_group.get(group)
+        if c is None:
+            c = self._by_group[group] = self._consumer(group)
+        return {(tp.topic, tp.partition): int(tp.offset) for tp in c.committed(tps, timeout=self.timeout)
+                if tp.offset >= 0}
 
     def raw_lag(self, group: str, topics: Sequence[str], ends: dict[TP, int] | None = None) -> dict[TP, int]:
         """``end - committed`` per partition (no commit counts as committed 0); an upper bound."""
@@ -109,27 +123,22 @@ class KafkaView:
 
         Returns -1 if the tail could not be read within ``timeout`` (e.g. an open transaction).
         """
-        lag = {tp: n for tp, n in self.raw_lag(group, topics, ends).items() if n > 0}
-        if not lag:
-            return 0
         ends = ends if ends is not None else self.end_offsets(topics)
         done = self.committed(group, topics)
+        behind = {tp: hi for tp, hi in ends.items() if tp[0] in topics and hi > done.get(tp, 0)}
+        if not behind:
+            return 0
         consumer = Consumer(_reader_config(self.platform))
         try:
-            start = [TopicPartition(t, p, done.get((t, p), 0)) for (t, p) in lag]
-            consumer.assign(start)
-            remaining = {tp: ends[tp] for tp in lag}
+            consumer.assign([TopicPartition(t, p, done.get((t, p), 0)) for (t, p) in behind])
             count = 0
             deadline = time.monotonic() + timeout
-            while remaining and time.monotonic() < deadline:
-                for m in consumer.consume(1000, 0.2):
-                    if m.error() is None:
-                        count += 1
-                positions = consumer.position([TopicPartition(t, p) for (t, p) in remaining])
-                for tp in positions:
-                    if tp.offset >= remaining[(tp.topic, tp.partition)]:
-                        remaining.pop((tp.topic, tp.partition), None)
-            return count if not remaining else -1
+            while behind and time.monotonic() < deadline:
+                count += sum(1 for m in consumer.consume(1000, 0.2) if m.error() is None)
+                for tp in consumer.position([TopicPartition(t, p) for (t, p) in behind]):
+                    if tp.offset >= behind[(tp.topic, tp.partition)]:
+                        behind.pop((tp.topic, tp.partition), None)
+            return count if not behind else -1
         finally:
             consumer.close()
 

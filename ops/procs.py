@@ -17,13 +17,43 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from ops.stages import REPO, Stage
 
 PR_SET_PDEATHSIG = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached an ops command. Not an Exception: no ``except Exception`` (around
+    a metrics scrape, say) may swallow a Ctrl-C."""
+
+
+@contextlib.contextmanager
+def signals_handled(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block; the previous handlers come back after."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def signals_raise() -> contextlib.AbstractContextManager[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, so every path goes through the
+    caller's cleanup (stop the services, the stack it started)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    return signals_handled(handler)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -429,7 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = {name: merge([scrape(u) for u in us]) for name, us in urls.items()}
     metrics = {k: v for k, v in metrics.items() if v.ok}
     view = KafkaView(platform)
-    existing = view.existing_topics()
+    try:
+        existing = view.existing_topics()
+    finally:
+        view.close()
     cat = TopicCatalogue(platform)
     if cat.name("candles") not in existing:
         console.print(f"[red]no topic {cat.name('candles')!r} on {platform.kafka_bootstrap_servers}[/red]")

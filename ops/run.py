@@ -33,12 +33,11 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +49,7 @@ from rich.console import Console
 
 from ops import report as report_mod
 from ops.kafkaview import KafkaView
-from ops.procs import ServiceProcess, free_port, pid_alive, stop_all
+from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
 from ops.progress import Monitor, ProgressView
 from ops.stages import BY_NAME, REPO, STAGES, Stage
 from reftrain import settings as settings_mod
@@ -248,42 +247,13 @@ def prepare_files(files: Sequence[str], candles: int, dest: Path, warmup: int = 
 
 
 # -- the run ------------------------------------------------------------------------------------------
-class _Interrupted(BaseException):  # not Exception: no "except Exception" may swallow Ctrl-C
-    pass
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise in the main thread, so every path goes through the same cleanup."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
-
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_ignored(console: Console) -> Iterator[None]:
+def _signals_ignored(console: Console) -> contextlib.AbstractContextManager[None]:
     """While stopping: a second Ctrl-C must not abandon half-stopped services."""
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
         console.print("[yellow]stopping services, please wait[/yellow]")
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return signals_handled(handler)
 
 
 def service_env(base: dict[str, str], platform: PlatformSettings, instance: str, port: int,
@@ -322,11 +292,12 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     drained, failure, interrupted = False, None, False
     report: report_mod.Report | None = None
     monitor: Monitor | None = None
+    view: KafkaView | None = None
     summary: dict[str, Any] = {"run id": run_id}
     service_extra: dict[str, str] = {}
     console.print(f"[bold]reftrain run {run_id}[/bold]: logs and report in {run_dir}")
     try:
-        with _signals_raise():
+        with signals_raise():
             if missing:
                 raise RunError(f"required stages have no services/<name>/__main__.py yet: {', '.join(missing)}")
             if not stages_run["ingest"]:
@@ -399,7 +370,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
             monitor = Monitor(view, procs, stages_run)
             with ProgressView(monitor, console, enabled=config.progress) as pv:
                 drained, failure = _drive(config, procs, monitor, pv, view, console, save_meta)
-    except _Interrupted as exc:
+    except Interrupted as exc:
         interrupted = True
         failure = f"interrupted ({exc})"
         console.print(f"[yellow]{failure}: stopping services[/yellow]")
@@ -425,18 +396,20 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     if platform is not None and monitor is not None and procs:
         _write_run_json(run_dir, run_id, platform, service_extra, stages_run, procs, summary, stage_status)
         try:
-            with _signals_raise():
+            with signals_raise():
                 console.print("[bold]building the report[/bold] (reading the run's topics)")
                 report = _report(platform, monitor, stages_run, stage_status, service_extra, summary, run_dir, config)
                 report_mod.render_console(report, console)
                 console.print(f"\nreport: {run_dir / 'report.md'}  (html: report.html, logs: logs/)")
-        except _Interrupted:
+        except Interrupted:
             interrupted = True
             console.print("[yellow]report skipped (interrupted)[/yellow]")
         except Exception as exc:  # e.g. the broker went away: say so, keep the cleanup below
             failure = failure or f"report failed: {type(exc).__name__}: {exc}"
             console.print(f"[bold red]report failed:[/bold red] {type(exc).__name__}: {exc} "
                           f"(retry: python -m ops.report --run {run_dir})")
+    if view is not None:
+        view.close()
     if config.cleanup and platform is not None:
         _cleanup(platform)
     if stack_started and not config.keep_stack:
@@ -625,7 +598,10 @@ def _cleanup(platform: PlatformSettings) -> None:
     """Delete the run's topics, catalog database and store folder (tests; demos keep them)."""
     with contextlib.suppress(Exception):
         view = KafkaView(platform)
-        view.delete_topics(view.topics_with_prefix(platform.topic_prefix))
+        try:
+            view.delete_topics(view.topics_with_prefix(platform.topic_prefix))
+        finally:
+            view.close()
     with contextlib.suppress(Exception):
         drop_catalog(platform.store_catalog)
     shutil.rmtree(Path(platform.store_data_path).parent, ignore_errors=True)

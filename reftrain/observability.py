@@ -21,6 +21,9 @@ TRANSACTIONS = Counter("reftrain_transactions_total", "Kafka transactions", ["se
 BATCH_SECONDS = Histogram("reftrain_batch_seconds", "Time to process and commit one consumed batch",
                           ["service"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 CONSUMER_LAG = Gauge("reftrain_consumer_lag", "High watermark minus position", ["service", "topic", "partition"])
+SESSION_RESTARTS = Counter("reftrain_session_restarts_total",
+                           "Main-loop sessions ended by a transient error and restarted in-process",
+                           ["service", "error"])
 READY = Gauge("reftrain_ready", "1 when the service is ready", ["service"])
 RESTORED_STATE_KEYS = Gauge("reftrain_restored_state_keys", "State keys restored from the changelog", ["service"])
 

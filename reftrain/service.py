@@ -8,11 +8,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
 from reftrain import logs, settings
+from reftrain import observability as obs
 from reftrain.observability import Health, serve_http
 from reftrain.settings import PlatformSettings
 from reftrain.topics import TopicCatalogue
@@ -28,6 +30,43 @@ class Runtime:
     stop: threading.Event
     catalogue: TopicCatalogue
     http_port: int
+
+
+def restart_on(
+    errors: tuple[type[BaseException], ...],
+    session: Callable[[], None],
+    *,
+    service: str,
+    stop: threading.Event,
+    health: Health,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 15.0,
+    healthy_after_s: float = 60.0,
+) -> None:
+    """Run ``session`` until it returns or ``stop`` is set; when it raises one of ``errors`` (an
+    outage: broker, registry or store away), report not-ready, count it, wait and run it again.
+
+    The wait doubles from ``first_delay_s`` up to ``max_delay_s`` and starts over after a session
+    that lasted ``healthy_after_s``. Riding out an outage in-process keeps the service's state and
+    avoids an orchestrator's crash-loop back-off (minutes under Kubernetes) for a 30 s outage; any
+    other exception is a bug and ends the service."""
+    delay = first_delay_s
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            session()
+            return
+        except errors as exc:
+            health.set_ready(False)
+            obs.SESSION_RESTARTS.labels(service, type(exc).__name__).inc()
+            if time.monotonic() - started >= healthy_after_s:
+                delay = first_delay_s
+            log.warning("session ended by a transient error; restarting", extra={
+                "error": f"{type(exc).__name__}: {exc}"[:500], "retry_in_s": delay})
+            health.beat()  # backing off is not being stuck: keep /healthz (liveness) green
+            stop.wait(delay)
+            health.beat()
+            delay = min(delay * 2, max_delay_s)
 
 
 def run(service: str, body: Callable[[Runtime], None], default_port: int = 0) -> int:

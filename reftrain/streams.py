@@ -18,6 +18,7 @@ diverges from what was committed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -43,10 +44,18 @@ from reftrain import observability as obs
 from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde, RegistryUnavailableError, registry_client
+from reftrain.service import restart_on
 from reftrain.settings import PlatformSettings
 from reftrain.topics import RECORD_OF_TOPIC, TopicCatalogue, TopicSpec
+from reftrain.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+
+#: The producers' ``message.max.bytes``: below the broker's default (1,048,588) so our own outputs
+#: are refused by the client with a clear error rather than by the broker.
+MAX_MESSAGE_BYTES = 1_000_000
+#: Room kept free for the record framing librdkafka counts against ``message.max.bytes``.
+_FRAMING_BYTES = 16 * 1024
 
 
 def producer_config(platform: PlatformSettings, **extra: Any) -> dict[str, Any]:
@@ -59,7 +68,7 @@ def producer_config(platform: PlatformSettings, **extra: Any) -> dict[str, Any]:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
-        "message.max.bytes": 1_000_000,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
     }
     conf.update(extra)
     return conf
@@ -131,16 +140,39 @@ def error_headers(msg: Message, error: Exception, service: str) -> list[tuple[st
 def dead_letter(producer: Producer, catalogue: TopicCatalogue, service: str, msg: Message,
                 error: Exception) -> None:
     """Original key and bytes to ``<topic>.dlq`` with error headers, a counter and a log line
-    naming topic/partition/offset. Never raises for the message's content."""
+    naming topic/partition/offset. Never raises for the message's content: a value too big to copy
+    within the producer's limit (it can still be under the broker's) is truncated, see
+    :func:`dlq_value`, so a huge message cannot block its partition."""
     topic = msg.topic() or ""
     logical = catalogue.logical_of(topic)
     reason = str(getattr(error, "reason", type(error).__name__))
     obs.DLQ_TOTAL.labels(service, logical, reason).inc()
+    headers = list(msg.headers() or []) + error_headers(msg, error, service)
+    value, truncation = dlq_value(msg.key(), msg.value(), headers)
     log.warning("dead-lettered message", extra={
         "topic": topic, "partition": msg.partition(), "offset": msg.offset(),
-        "error_class": type(error).__name__, "reason": reason, "error": str(error)[:300]})
-    _produce(producer, catalogue.dlq(logical), msg.key(), msg.value(),
-             headers=list(msg.headers() or []) + error_headers(msg, error, service))
+        "error_class": type(error).__name__, "reason": reason, "error": str(error)[:300],
+        **({"original_size": len(msg.value() or b"")} if truncation else {})})
+    _produce(producer, catalogue.dlq(logical), msg.key(), value, headers=headers + truncation)
+
+
+def dlq_value(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+              limit: int = MAX_MESSAGE_BYTES) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value to copy to a DLQ and the headers saying what was cut: the original bytes when key,
+    value and headers fit in ``limit``; otherwise the value's first bytes that do, plus
+    ``dlq.truncated=true``, ``dlq.original-size`` and ``dlq.original-sha256`` (so the original can be
+    identified on the source topic, whose offset is in ``source.offset``)."""
+    if value is None:
+        return None, []
+    header_bytes = sum(len(k) + len(v or b"") for k, v in headers)
+    room = limit - _FRAMING_BYTES - len(key or b"") - header_bytes - 256  # 256: the truncation headers
+    if len(value) <= room:
+        return value, []
+    return value[:max(room, 0)], [
+        ("dlq.truncated", b"true"),
+        ("dlq.original-size", str(len(value)).encode()),
+        ("dlq.original-sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
 
 
 def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
@@ -154,6 +186,27 @@ def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | N
             return
         except BufferError:
             producer.poll(0.1)
+
+
+# -- transactional calls, each under the watchdog (librdkafka may block past their timeouts) ------
+def init_transactions(producer: Producer, watchdog: Watchdog, timeout_s: float = 60) -> None:
+    with watchdog.guard("init_transactions", timeout_s):
+        producer.init_transactions(timeout_s)
+
+
+def commit_transaction(producer: Producer, offsets: list[TopicPartition], consumer: Consumer,
+                       watchdog: Watchdog) -> None:
+    """The consumed positions into the transaction, then commit: outputs, state and input offsets
+    become visible together or not at all."""
+    with watchdog.guard("send_offsets_to_transaction + commit_transaction", 30 + 60):
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(60)
+
+
+def abort_transaction(producer: Producer, watchdog: Watchdog) -> None:
+    """Best effort: a fenced or failed producer may refuse; the next session fences it anyway."""
+    with watchdog.guard("abort_transaction", 30), contextlib.suppress(KafkaException):
+        producer.abort_transaction(30)
 
 
 class Context:
@@ -213,6 +266,7 @@ class StreamApp:
     on_batch_committed: Callable[[], None] | None = None
     #: Called with the assigned partition set after each rebalance (for pausing / metrics).
     on_rebalanced: Callable[[set[int]], None] | None = None
+    transaction_timeout_ms: int = 15_000
 
     def __post_init__(self) -> None:
         self.instance_id = self.instance_id or default_instance_id(self.platform)
@@ -222,6 +276,7 @@ class StreamApp:
         self.assigned: set[int] = set()
         self._consumer: Consumer | None = None
         self._ready_after_assign = False
+        self.watchdog = Watchdog()
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_topics(self) -> None:
@@ -281,36 +336,27 @@ class StreamApp:
     # -- main loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event, health: obs.Health) -> None:
         self.ensure_topics()
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._session(stop, health)
-                return
-            except RestartSession as exc:
-                health.set_ready(False)
-                log.warning("restarting stream session", extra={"reason": str(exc)[:300]})
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+        restart_on((RestartSession,), lambda: self._session(stop, health), service=self.service, stop=stop,
+                   health=health)
 
     def _session(self, stop: threading.Event, health: obs.Health) -> None:
         producer = Producer(producer_config(
             self.platform, **{"transactional.id": f"{self.group}-{self.instance_id}",
-                              "transaction.timeout.ms": 15_000}))
+                              "transaction.timeout.ms": self.transaction_timeout_ms}))
         consumer = Consumer(consumer_config(self.platform, self.group))
         self._consumer = consumer
         ctx = Context(self, producer)
         try:
-            producer.init_transactions(60)
+            init_transactions(producer, self.watchdog)
             consumer.subscribe([self.catalogue.name(t) for t in self.inputs], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
             last_lag = 0.0
             while not stop.is_set():
-                msgs = consumer.consume(self.batch_size, self.poll_timeout_s)
+                msgs = consumer.consume(self.batch_size, self._poll_timeout())
                 health.beat()
                 if self._ready_after_assign and not health.ready:
                     health.set_ready(True)
-                if msgs:
-                    self._process_batch(msgs, consumer, producer, ctx)
+                self._step(msgs, consumer, producer, ctx)
                 if time.monotonic() - last_lag > 5:
                     self._export_lag(consumer)
                     last_lag = time.monotonic()
@@ -321,12 +367,25 @@ class StreamApp:
                 self.processor.revoked(p)
             self.assigned.clear()
             self._ready_after_assign = False
+            self._session_ended()
             # close() leaves the group: partitions move at once, not after the session timeout.
             # After a fatal error it may fail again; the session is over either way.
             with contextlib.suppress(Exception):
                 consumer.close()
             with contextlib.suppress(KafkaException):  # a fenced producer refuses to flush
                 producer.flush(5)
+
+    # -- what a subclass may change about a session (services/coordinator/aligned.py does) -----
+    def _poll_timeout(self) -> float:
+        return self.poll_timeout_s
+
+    def _step(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
+        """Handle one poll's messages: here, all of them in one transaction."""
+        if msgs:
+            self._process_batch(msgs, consumer, producer, ctx)
+
+    def _session_ended(self) -> None:
+        """The session's partitions were revoked; drop what the subclass keeps beyond processor state."""
 
     def _process_batch(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
         started = time.monotonic()
@@ -350,13 +409,11 @@ class StreamApp:
                     log.exception("end_batch failed; restarting the session")
                     raise RestartSession(f"end_batch failed: {type(exc).__name__}: {exc}") from exc
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+            commit_transaction(producer, positions, consumer, self.watchdog)
             obs.TRANSACTIONS.labels(self.service, "committed").inc()
         except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
             obs.TRANSACTIONS.labels(self.service, "aborted").inc()
-            with contextlib.suppress(KafkaException):
-                producer.abort_transaction(30)
+            abort_transaction(producer, self.watchdog)
             raise RestartSession(f"{type(exc).__name__}: {exc}") from exc
         obs.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
         if self.on_batch_committed:

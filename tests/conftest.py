@@ -19,6 +19,7 @@ import pytest
 
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
+from tests.support import catalog_admin
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "local" / "stack.sh"
@@ -65,9 +66,7 @@ def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
     if catalog.startswith("postgres:"):
         info = _pg_conninfo(catalog)
         db = f"test_{uuid.uuid4().hex[:12]}"
-        subprocess.run(["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
-                        "-U", info.get("user", "postgres"), "-d", "postgres", "-c", f"create database {db}"],
-                       check=True, capture_output=True)
+        catalog_admin(base, f"create database {db}")
         info["dbname"] = db
         catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
     return replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"),

@@ -3,12 +3,16 @@ read real candles from data/, start a service as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +133,63 @@ def wait_http(port_file_or_url: str, timeout: float = 60.0) -> bool:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
+
+
+def catalog_admin(platform: PlatformSettings, sql: str) -> None:
+    """Run ``sql`` as the PostgreSQL superuser of the store's catalog server (database postgres)."""
+    info = dict(part.split("=", 1) for part in platform.store_catalog.split(":", 1)[1].split())
+    subprocess.run(["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
+                    "-U", info.get("user", "postgres"), "-d", "postgres", "-c", sql], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def catalog_unavailable(platform: PlatformSettings) -> Iterator[None]:
+    """The store's catalog database refuses connections and its sessions are cut (as in a database
+    restart or failover); the DuckLake data files stay. Allowed again on exit."""
+    db = platform.store_catalog.split("dbname=")[1].split()[0]
+    catalog_admin(platform, f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+    try:
+        catalog_admin(platform, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        yield
+    finally:
+        catalog_admin(platform, f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """A Prometheus text exposition as {'name{labels}': value}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def scrape(port: int) -> dict[str, float]:
+    """/metrics of a service on this machine, parsed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return parse_metrics(r.read().decode())
+
+
+def metric(port: int, name: str) -> float:
+    """One sample ('name{labels}' exactly as exposed); 0 when absent or the service is not up."""
+    try:
+        return scrape(port).get(name, 0.0)
+    except OSError:
+        return 0.0
+
+
+def stop_gracefully(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM (drain and commit), then the exit code; SIGKILL if it did not exit in ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

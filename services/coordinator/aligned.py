@@ -58,9 +58,7 @@ coordinator's report (docs): a per-poll step callback and a "committable offsets
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -78,9 +76,9 @@ from reftrain.streams import (
     Record,
     RestartSession,
     StreamApp,
-    consumer_config,
+    abort_transaction,
+    commit_transaction,
     dead_letter,
-    producer_config,
 )
 from reftrain.topics import TopicSpec
 from services.coordinator import metrics
@@ -141,7 +139,6 @@ class AlignedStreamApp(StreamApp):
     #: Changelog "store" name (the topic is ``<prefix><group>-<store>-changelog``); put a state layout
     #: version in it so an incompatible layout starts on a fresh topic.
     store: str = "state"
-    transaction_timeout_ms: int = 15_000
     on_batch_aborted: Callable[[], None] | None = None
     _parts: dict[int, _Partition] = field(default_factory=dict, init=False, repr=False)
     _start: dict[tuple[str, int], int] = field(default_factory=dict, init=False, repr=False)
@@ -187,41 +184,12 @@ class AlignedStreamApp(StreamApp):
         self._paused.clear()
         self._export_held()
 
-    # -- main loop (StreamApp._session with the aligned step) ------------------------------------
-    def _session(self, stop: threading.Event, health: obs.Health) -> None:
-        producer = Producer(producer_config(
-            self.platform, **{"transactional.id": f"{self.group}-{self.instance_id}",
-                              "transaction.timeout.ms": self.transaction_timeout_ms}))
-        consumer = Consumer(consumer_config(self.platform, self.group))
-        self._consumer = consumer
-        ctx = Context(self, producer)
-        try:
-            producer.init_transactions(60)
-            consumer.subscribe([self.catalogue.name(t) for t in self.inputs], on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
-            last_lag = 0.0
-            while not stop.is_set():
-                # releasable records left over from the last step: do not wait for new ones
-                msgs = consumer.consume(self.batch_size, 0 if self._more else self.poll_timeout_s)
-                health.beat()
-                if self._ready_after_assign and not health.ready:
-                    health.set_ready(True)
-                self._step(msgs, consumer, producer, ctx)
-                if time.monotonic() - last_lag > 5:
-                    self._export_lag(consumer)
-                    last_lag = time.monotonic()
-        except KafkaException as exc:
-            raise RestartSession(f"kafka error: {exc}") from exc
-        finally:
-            for p in sorted(self.assigned):
-                self.processor.revoked(p)
-            self.assigned.clear()
-            self._ready_after_assign = False
-            self._forget_all()
-            with contextlib.suppress(Exception):  # closing after a fatal error may fail again
-                consumer.close()  # leaves the group: partitions move at once, not after session timeout
-            with contextlib.suppress(KafkaException):  # a fenced producer refuses to flush
-                producer.flush(5)
+    # -- the session's hooks: StreamApp._session runs the loop, with the aligned step --------------
+    def _poll_timeout(self) -> float:
+        return 0 if self._more else self.poll_timeout_s  # releasable records left over: do not wait
+
+    def _session_ended(self) -> None:
+        self._forget_all()
 
     def _step(self, msgs: list[Message], consumer: Consumer, producer: Producer, ctx: Context) -> None:
         """Queue the polled messages, release what alignment allows in one transaction, commit."""
@@ -263,15 +231,12 @@ class AlignedStreamApp(StreamApp):
                 end_batch = getattr(self.processor, "end_batch", None)
                 if end_batch is not None:
                     self._run_hook(end_batch, ctx)
-                producer.send_offsets_to_transaction(self._committable(consumer),
-                                                     consumer.consumer_group_metadata(), 30)
-                producer.commit_transaction(60)
+                commit_transaction(producer, self._committable(consumer), consumer, self.watchdog)
                 obs.TRANSACTIONS.labels(self.service, "committed").inc()
         except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
             if txn.open:
                 obs.TRANSACTIONS.labels(self.service, "aborted").inc()
-                with contextlib.suppress(KafkaException):
-                    producer.abort_transaction(30)
+                abort_transaction(producer, self.watchdog)
             if self.on_batch_aborted:
                 self.on_batch_aborted()
             raise RestartSession(f"{type(exc).__name__}: {exc}") from exc

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ from reftrain.streams import consumer_config, producer_config
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
+#: librdkafka's default ``message.timeout.ms`` (300 s) plus a margin: by then every queued message
+#: has been delivered or has failed.
+DRAIN_TIMEOUT_S = 330.0
 QUARANTINE_ID_HEADER = "quarantine.id"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -96,7 +100,8 @@ class KafkaPublisher:
         self.serde = serde
         self.topic = serde.topic
         self.dlq_topic = dlq_topic
-        self.producer = Producer(producer_config(platform, **{"client.id": f"{platform.topic_prefix}ingest"}))
+        self._config = producer_config(platform, **{"client.id": f"{platform.topic_prefix}ingest"})
+        self.producer = Producer(self._config)
         self._content_type = [(CONTENT_TYPE_HEADER, serde.content_type.encode())]
         self._errors: list[str] = []
 
@@ -131,6 +136,22 @@ class KafkaPublisher:
 
     def close(self) -> None:
         self.producer.flush(30)
+
+    def reset(self, stop: threading.Event, beat: Callable[[], None], timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """After a failed publish: wait until every queued message is delivered or has failed (the
+        producer gives up after ``message.timeout.ms``), then start a fresh producer. Only then may
+        a resume read the topic: a message still queued could land after that read and be published
+        twice. False if ``stop`` or the timeout came first (the caller must not resume then).
+        ``beat`` is called while waiting: a wait for the broker is not a stuck process."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.producer) and not stop.is_set() and time.monotonic() < deadline:
+            self.producer.flush(1.0)
+            beat()
+        if len(self.producer):
+            return False
+        self._errors.clear()
+        self.producer = Producer(self._config)
+        return True
 
 
 def dead_headers(d: DeadRow) -> list[tuple[str, bytes]]:

@@ -117,6 +117,12 @@ def replay_files(pipeline: Pipeline, files: Sequence[str], *, stop: threading.Ev
     health.set_ready(True)
     log.info("ready: replaying files", extra={"files": [Path(f).name for f in files], "speed": speed})
     clock = ReplayClock(speed, max_sleep_s=max_sleep_s)
+    stored_before = dict(pipeline.stored_last)
+
+    def already_stored(c: Candle) -> bool:
+        """A resumed replay catches up unpaced on what an earlier run stored, then paces again."""
+        return c["open_time"] <= stored_before.get(series_key(c["symbol"], c["timeframe"]), -1)
+
     bar = _progress(progress, _count_rows(files) if progress else None)
     items: Iterator[tuple[int, SourceItem]] = merge_numbered(read_numbered(f, layout=layout) for f in files)
     done = True
@@ -126,7 +132,7 @@ def replay_files(pipeline: Pipeline, files: Sequence[str], *, stop: threading.Ev
             if stop.is_set():
                 done = False
                 break
-            if speed > 0 and not isinstance(item, RowError):
+            if speed > 0 and not isinstance(item, RowError) and not already_stored(item):
                 delay = clock.delay(due_time_ms(item), time.monotonic())
                 if delay > 0:
                     pipeline.flush()  # publish what is due before waiting

@@ -313,6 +313,18 @@ def _symbol_timeframe(name: str, symbol: str | None, timeframe: str | None) -> t
     return symbol, timeframe
 
 
+#: Files are decoded with ``errors="surrogateescape"``: an undecodable byte b becomes the lone
+#: surrogate U+DC00+b, so one bad byte is one quarantined row (reason ``bad_encoding``), not a
+#: UnicodeDecodeError that stops the file on every restart.
+_TEXT_OPTIONS: dict[str, Any] = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _escaped(line: str) -> str:
+    """The line with its undecodable bytes written as \\xNN (printable, encodable as UTF-8)."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def iter_csv_rows(
     lines: Iterable[str],
     *,
@@ -344,6 +356,10 @@ def iter_csv_numbered(
     fast: Callable[[Sequence[str]], Candle | None] | None = None
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        if _UNDECODABLE.search(line):
+            text = _escaped(line.rstrip("\r\n"))
+            yield line_no, RowError(source, line_no, "bad_encoding", f"bytes that are not UTF-8: {text[:200]}", text)
             continue
         cells = line.rstrip("\r\n").split(",")
         if cols is None:
@@ -427,12 +443,12 @@ def read_numbered(
             if len(members) != 1:
                 raise SourceFormatError(f"{p.name}: expected one .csv inside, found {members}")
             with zf.open(members[0]) as raw:
-                text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+                text = io.TextIOWrapper(raw, **_TEXT_OPTIONS)
                 yield from iter_csv_numbered(
                     text, symbol=symbol, timeframe=timeframe, source=source, layout=layout
                 )
     else:
-        with p.open("r", encoding="utf-8-sig", newline="") as fh:
+        with p.open("r", **_TEXT_OPTIONS) as fh:
             yield from iter_csv_numbered(
                 fh, symbol=symbol, timeframe=timeframe, source=source, layout=layout
             )

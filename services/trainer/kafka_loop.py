@@ -30,6 +30,7 @@ from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError,
 from reftrain.records import ModelVersion
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import RegistryUnavailableError
+from reftrain.service import restart_on
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes, consumer_config, dead_letter, producer_config
 from reftrain.topics import MODEL_VERSIONS, TRAINING_JOBS, TopicCatalogue
@@ -72,18 +73,12 @@ class TrainerLoop:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                # idempotent; inside the retry so a broker that is still starting is waited for
-                self.catalogue.ensure(AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers}))
-                self._session(stop)
-                return
-            except SESSION_ERRORS as exc:
-                self.health.set_ready(False)
-                log.warning("restarting trainer session", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+        def session() -> None:
+            # idempotent; inside the retry so a broker that is still starting is waited for
+            self.catalogue.ensure(AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers}))
+            self._session(stop)
+
+        restart_on(SESSION_ERRORS, session, service=SERVICE, stop=stop, health=self.health)
 
     def _session(self, stop: threading.Event) -> None:
         producer = Producer(producer_config(self.platform, **{

@@ -29,7 +29,7 @@ from ops.kafkaview import read_topic
 from ops.procs import free_port
 from ops.promtext import Scrape, scrape
 from reftrain.settings import PlatformSettings
-from reftrain.streams import producer_config
+from reftrain.streams import MAX_MESSAGE_BYTES, producer_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: does not change; topics inherit it as ``max.message.bytes``.
 BROKER_MAX_MESSAGE_BYTES = 1_048_588
 #: ``message.max.bytes`` of every producer built by reftrain.streams.producer_config.
-SERVICE_PRODUCER_MAX_BYTES = 1_000_000
+SERVICE_PRODUCER_MAX_BYTES = MAX_MESSAGE_BYTES
 
 
 class Service:

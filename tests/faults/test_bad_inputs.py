@@ -8,7 +8,9 @@ Defined outcomes asserted here:
   (NaN/inf/negative prices, negative volume, high < low, misaligned or inconsistent times), keys
   that are empty, null, not UTF-8 or not the record's series: one entry on ``<topic>.dlq`` PER
   consuming service, carrying the original key and bytes, ``error.class``, ``error.reason`` and
-  the source topic/partition/offset, and ``reftrain_dlq_total{service,topic,reason}`` counts it;
+  the source topic/partition/offset, and ``reftrain_dlq_total{service,topic,reason}`` counts it; a
+  message too big to copy whole within the producers' limit (but under the broker's) gets a
+  truncated copy with ``dlq.truncated``, ``dlq.original-size`` and ``dlq.original-sha256``;
 * duplicate, conflicting and out-of-order candles on ``candles``: no DLQ entry, a per-outcome
   counter in each consumer (pivots, inference, coordinator) and no effect on what they emit;
 * a candle on the topic that is not in the store: inference counts ``not_in_store``, makes no ref;
@@ -16,7 +18,8 @@ Defined outcomes asserted here:
 * training jobs whose window is not (yet) in the store, is incomplete or differs from the ref:
   dead-lettered by the trainer with ``window_missing`` / ``row_count_mismatch`` /
   ``checksum_mismatch`` and never trained;
-* bad rows in an ingest file (NaN/inf/negative/high<low/misaligned/duplicate/out-of-order):
+* bad rows in an ingest file (NaN/inf/negative/high<low/misaligned/duplicate/out-of-order, bytes
+  that are not UTF-8):
   quarantined (store + ``candles.dlq`` with file and row) or counted, never published.
 
 After the corpus each service must have processed the good input that followed it exactly as if
@@ -32,6 +35,7 @@ deliberately corrupted copies of them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +45,7 @@ from typing import Any
 import pytest
 
 from ops.analysis import Analysis
-from ops.faults import Probe
+from ops.kafkaview import KafkaView
 from ops.report import collect
 from reftrain.records import Candle, Pivot, series_key
 from reftrain.settings import PlatformSettings
@@ -50,6 +54,7 @@ from reftrain.streams import Serdes
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, TopicCatalogue
 from services.pivots.detector import accepted_candles, detect_pivots
 from tests.faults.support import (
+    BROKER_MAX_MESSAGE_BYTES,
     SERVICE_PRODUCER_MAX_BYTES,
     DlqEntry,
     RawProducer,
@@ -110,14 +115,19 @@ class Corpus:
         self.raw = RawProducer(platform)
         #: (name, partition, offset, error.class, error.reason, original key, original value)
         self.sent: list[tuple[str, int, int, str, str, bytes | None, bytes | None]] = []
+        #: names of the bad messages whose DLQ copy must be truncated (too big to copy whole)
+        self.truncated: set[str] = set()
 
     def encode(self, logical: str, value: dict[str, Any]) -> bytes:
         """Avro bytes of ``value`` as the record of ``logical`` (no validation on this side)."""
         return self.serdes.for_topic(logical).encode(value)
 
-    def bad(self, name: str, key: bytes | None, value: bytes | None, cls: str, reason: str | None = None) -> None:
+    def bad(self, name: str, key: bytes | None, value: bytes | None, cls: str, reason: str | None = None,
+            truncated: bool = False) -> None:
         landed = self.raw.send(self.topic, key, value)
         self.sent.append((name, landed.partition, landed.offset, cls, reason or cls, key, value))
+        if truncated:
+            self.truncated.add(name)
 
     def good(self, key: str, value: dict[str, Any]) -> int:
         data = self.encode(self.logical, value)
@@ -167,7 +177,9 @@ class Corpus:
                 if (e.headers.get("error.class"), e.headers.get("error.reason")) != (cls, reason):
                     problems.append(f"{name} ({svc}): got {e.headers.get('error.class')}/"
                                     f"{e.headers.get('error.reason')}, want {cls}/{reason}")
-                if e.key != key or e.value != value:
+                if name in self.truncated:
+                    problems += truncation_problems(f"{name} ({svc})", e, key, value)
+                elif e.key != key or e.value != value or "dlq.truncated" in e.headers:
                     problems.append(f"{name} ({svc}): original key/bytes not preserved")
         assert not problems, "\n".join(problems)
         assert len(entries) == want, f"{len(entries)} DLQ entries, want {want}"
@@ -177,6 +189,25 @@ class Corpus:
         return Counter(s[4] for s in self.sent)
 
 
+def truncation_problems(name: str, e: DlqEntry, key: bytes | None, value: bytes | None) -> list[str]:
+    """A truncated DLQ copy keeps the key, a prefix of the value that fits the producer limit, and
+    headers naming the original's size and digest."""
+    assert value is not None
+    h = e.headers
+    problems = []
+    if e.key != key:
+        problems.append(f"{name}: key not preserved")
+    if h.get("dlq.truncated") != "true" or h.get("dlq.original-size") != str(len(value)):
+        problems.append(f"{name}: truncation headers missing or wrong: {h}")
+    if h.get("dlq.original-sha256") != hashlib.sha256(value).hexdigest():
+        problems.append(f"{name}: dlq.original-sha256 is not the original's digest")
+    if not e.value or not value.startswith(e.value) or len(e.value) >= len(value):
+        problems.append(f"{name}: the copy is not a proper prefix of the original")
+    elif len(e.value) < SERVICE_PRODUCER_MAX_BYTES // 2:
+        problems.append(f"{name}: only {len(e.value)} bytes kept, far less than the limit allows")
+    return problems
+
+
 def dlq_counter(s: Service, topic: str) -> Counter[str]:
     m = s.metrics()
     return Counter({lab["reason"]: int(v) for lab, v in m.samples.get("reftrain_dlq_total", [])
@@ -184,12 +215,13 @@ def dlq_counter(s: Service, topic: str) -> Counter[str]:
 
 
 def lag_zero(platform: PlatformSettings, group: str, logicals: tuple[str, ...]) -> bool:
-    """The group committed every record of its inputs (ops.faults.Probe: no AdminClient group calls,
+    """The group committed every record of its inputs (ops.kafkaview: no AdminClient group calls,
     which can crash the process inside librdkafka)."""
     cat = TopicCatalogue(platform)
-    probe = Probe(platform)
+    probe = KafkaView(platform, timeout=5.0)
     try:
-        return probe.lag(f"{platform.topic_prefix}{group}", [cat.name(t) for t in logicals]) == 0
+        topics = [cat.name(t) for t in logicals]
+        return probe.effective_lag(f"{platform.topic_prefix}{group}", topics, timeout=20.0) == 0
     except Exception:
         return False
     finally:
@@ -419,8 +451,8 @@ def test_training_jobs_corpus_windows_not_in_store_never_train(
 
     corpus.check_dlq(("trainer",), 240, [trainer])
     topic = cat.name(TRAINING_JOBS)
-    probe = Probe(platform)
-    ends = {p: n for (_t, p), n in probe.ends([topic]).items() if n > 0}
+    probe = KafkaView(platform, timeout=5.0)
+    ends = {p: n for (_t, p), n in probe.end_offsets([topic]).items() if n > 0}
     probe.close()
     path = Path(platform.store_data_path)
     group = group_id(platform.topic_prefix)
@@ -503,11 +535,6 @@ def test_ingest_file_corpus_quarantined_and_counted(
 
 
 # -- a message the DLQ cannot take as it is ------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LIMIT (docs/reliability.md): a message between the services' producer limit (1,000,000 B) and "
-    "the broker's (1,048,588 B) cannot be copied to the DLQ; produce() raises MSG_SIZE_TOO_LARGE, the "
-    "transaction aborts and the session restarts on the same message forever (partition stuck). Needs "
-    "reftrain.streams.dead_letter to truncate the copy."))
 def test_message_too_big_for_the_dlq_copy_is_still_dead_lettered(
         platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
     candles = real_candles(BTC_FILE, limit=12)
@@ -517,7 +544,11 @@ def test_message_too_big_for_the_dlq_copy_is_still_dead_lettered(
     corpus = Corpus(platform, CANDLES)
     data = corpus.encode(CANDLES, dict(candles[0]))
     corpus.good(BTC, dict(candles[0]))
-    corpus.bad("near the broker's max", BTC.encode(), make_oversized(data, 1_040_000), "DecodeError")
+    # Between the services' producer limit and the broker's: it reaches the topic, but a whole copy
+    # plus error headers cannot be produced by the services; the DLQ gets a truncated copy.
+    assert SERVICE_PRODUCER_MAX_BYTES < 1_040_000 < BROKER_MAX_MESSAGE_BYTES
+    corpus.bad("near the broker's max", BTC.encode(), make_oversized(data, 1_040_000), "DecodeError",
+               truncated=True)
     for c in candles[1:]:
         corpus.good(BTC, dict(c))
     assert schema_id_of(data) > 0
@@ -528,10 +559,6 @@ def test_message_too_big_for_the_dlq_copy_is_still_dead_lettered(
     assert_no_aborts(pivots)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LIMIT (docs/reliability.md): ingest opens files as strict UTF-8; one undecodable byte raises "
-    "UnicodeDecodeError out of the replay, the service exits 1 and every restart fails the same way (a crash "
-    "loop). Needs services/ingest/sources.py to quarantine the row (or open with errors='surrogateescape')."))
 def test_ingest_file_with_a_non_utf8_row_quarantines_it(
         platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
     from tests.support import DATA
@@ -546,7 +573,8 @@ def test_ingest_file_with_a_non_utf8_row_quarantines_it(
     wait_for(lambda: ingest.metrics().total("reftrain_ingest_replay_complete") == 1, STARTUP_S,
              "the replay to finish", [ingest])
     dlq = read_dlq(platform, TopicCatalogue(platform).dlq(CANDLES))
-    assert [int(e.headers["source.row"]) for e in dlq] == [22]  # header = line 1, 20 good rows, then it
+    assert [(int(e.headers["source.row"]), e.headers["error.reason"]) for e in dlq] == [(22, "bad_encoding")]
+    assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="bad_encoding") == 1
     published = collect(platform, stages_run={"ingest": True}, read_store=False).messages[CANDLES]
     assert len(published) == len(rows)
     ingest.assert_healthy()

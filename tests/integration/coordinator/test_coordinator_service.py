@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -40,7 +39,7 @@ from services.coordinator.join import STATE_LAYOUT_VERSION
 from services.coordinator.oracle import batch_join
 from services.coordinator.settings import CoordinatorSettings, group_id
 from tests.integration.coordinator.scenario import Series, build_series, merge_round_robin, synthetic_ref
-from tests.support import consume_all, decode_all, ensure_topics, start_service
+from tests.support import consume_all, decode_all, ensure_topics, free_port, parse_metrics, start_service
 
 pytestmark = pytest.mark.kafka
 
@@ -57,12 +56,6 @@ RawEvent = tuple[str, str, Any]  # (logical topic, key, value dict | raw bytes)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Coordinator:
@@ -123,12 +116,7 @@ class Coordinator:
     def metrics(self) -> dict[str, float]:
         code, text = self.get("/metrics")
         assert code == 200
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return parse_metrics(text)
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -14,12 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +32,19 @@ from reftrain.store import Store
 from reftrain.topics import CANDLES, INFERENCE_REFS, MODEL_VERSIONS, TopicCatalogue
 from reftrain.validation import validate_inference_ref
 from reftrain.window import COLUMNS, Window
-from tests.support import REPO, consume_all, decode_all, ensure_topics, produce_records, real_candles, start_service
+from tests.support import (
+    REPO,
+    consume_all,
+    decode_all,
+    ensure_topics,
+    free_port,
+    metric,
+    produce_records,
+    real_candles,
+    scrape,
+    start_service,
+    stop_gracefully,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -47,31 +56,6 @@ WINDOW = 600
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """/metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def metric(port: int, name: str) -> float:
-    try:
-        return scrape(port).get(name, 0.0)
-    except OSError:
-        return 0.0
-
-
 WAIT_S = 400.0
 """Generous: on the shared 2-core box (load average 20-30 at times) importing torch alone took 20 s."""
 
@@ -93,15 +77,6 @@ def start(platform_env: dict[str, str], log: Path, **extra: str) -> tuple[subpro
     port = free_port()
     env = {"HTTP_PORT": str(port), "INSTANCE_ID": "inference-0", "LOG_LEVEL": "INFO", **extra}
     return start_service("services.inference", platform_env, env, log_path=log), port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def interleave(*series: Sequence[Candle]) -> list[tuple[str, dict[str, Any]]]:
@@ -193,7 +168,7 @@ def test_refs_on_real_candles_reproducible_elsewhere_with_a_hot_reload(
                 wait_for(lambda s=s: refs_of(port, s) >= 201, f"all refs of {s}", proc, log)  # type: ignore[misc]
             m = scrape(port)
         finally:
-            code = stop(proc)
+            code = stop_gracefully(proc)
         assert code == 0, log.read_text()[-3000:]
     finally:
         store.close()
@@ -250,7 +225,7 @@ def test_a_series_with_a_missing_bar(platform: PlatformSettings, platform_env: d
         wait_for(lambda: refs_of(port, "LTCUSD:1m") >= 501, "all refs", proc, log)
         m = scrape(port)
     finally:
-        code = stop(proc)
+        code = stop_gracefully(proc)
     assert code == 0, log.read_text()[-3000:]
     assert m['reftrain_inference_waiting_for_history_total{series="LTCUSD:1m"}'] == 599
     assert m['reftrain_inference_gapped_windows_total{series="LTCUSD:1m"}'] == 492  # rows 599..1090

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -194,12 +193,6 @@ def assert_close(got: list[float | None], want: list[float | None], rel: float =
 
 
 # -- the service as a process --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_ingest(env: dict[str, str], extra: dict[str, str], log_path: Path, port: int) -> subprocess.Popen[bytes]:
     e = {"HTTP_PORT": str(port), "HTTP_HOST": "127.0.0.1", "INGEST_SMA": "20", "INGEST_EMA": "20", **extra}
     return start_service("services.ingest", env, e, log_path)

@@ -14,7 +14,6 @@ from tests.integration.ingest.ingest_helpers import (
     BTC,
     assert_exactly_once,
     dlq_messages,
-    free_port,
     http_get,
     log_records,
     metric,
@@ -29,7 +28,7 @@ from tests.integration.ingest.ingest_helpers import (
     wait_exit,
     wait_for,
 )
-from tests.support import DATA
+from tests.support import DATA, free_port
 
 pytestmark = pytest.mark.kafka
 

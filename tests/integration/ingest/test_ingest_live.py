@@ -22,7 +22,6 @@ from tests.integration.ingest.ingest_helpers import (
     ETH,
     assert_exactly_once,
     batch_resample,
-    free_port,
     http_get,
     metric,
     quarantine_rows,
@@ -34,7 +33,7 @@ from tests.integration.ingest.ingest_helpers import (
     wait_exit,
     wait_for,
 )
-from tests.support import real_candles
+from tests.support import free_port, real_candles
 
 pytestmark = pytest.mark.kafka
 

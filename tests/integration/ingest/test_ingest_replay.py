@@ -20,7 +20,6 @@ from tests.integration.ingest.ingest_helpers import (
     assert_exactly_once,
     batch_indicators,
     batch_resample,
-    free_port,
     http_get,
     metric,
     read_simple,
@@ -34,6 +33,7 @@ from tests.integration.ingest.ingest_helpers import (
     wait_exit,
     wait_for,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.kafka
 

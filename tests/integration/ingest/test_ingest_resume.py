@@ -31,12 +31,12 @@ from tests.integration.ingest.ingest_helpers import (
     batch_indicators,
     batch_resample,
     dlq_messages,
-    free_port,
     http_get,
     log_records,
     metric,
     quarantine_rows,
     read_simple,
+    sigterm,
     slice_file,
     start_ingest,
     store_indicators,
@@ -46,7 +46,7 @@ from tests.integration.ingest.ingest_helpers import (
     wait_exit,
     wait_for,
 )
-from tests.support import DATA, ensure_topics, produce_records
+from tests.support import DATA, catalog_unavailable, ensure_topics, free_port, produce_records
 
 pytestmark = pytest.mark.kafka
 
@@ -200,3 +200,43 @@ def test_store_rebuilt_behind_the_topic_is_refilled_without_republishing(
         store.close()
     stored = store_rows(platform)
     assert_exactly_once(source, stored, topic_messages(platform, expect=300), "ETHUSDT:1m")
+
+
+def test_store_outage_mid_replay_is_ridden_out_in_process(
+        platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path) -> None:
+    """The catalog database refuses connections for 15 s in the middle of a paced real replay: the
+    same ingest process backs off (not ready meanwhile, still live), resumes as a restart would, and
+    the store and the topic each end up with every candle of the file once."""
+    src = slice_file(tmp_path, BTC, 600, skip=300)
+    source = read_simple(src)
+    # 600 one-minute bars at 1200x real time: ~30 s of replay, so the outage lands mid-file
+    env = {"INGEST_FILES": str(src), "INGEST_DERIVE": "", "INGEST_BATCH": "20", "INGEST_SPEED": "1200",
+           "INGEST_EXIT_WHEN_DONE": "false"}
+    port, log = free_port(), tmp_path / "ingest.log"
+    proc = start_ingest(platform_env, env, log, port)
+
+    def at_row(n: int) -> bool:
+        text = http_get(port, "/metrics")[1]
+        return metric(text, "reftrain_ingest_last_open_time_ms", 'series="BTCUSDT:1m"') >= source[n]["open_time"]
+
+    wait_for(lambda: at_row(100), 180, "row 100 stored and published", proc, log)
+    readiness: list[int] = []
+    with catalog_unavailable(platform):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            readiness.append(http_get(port, "/readyz")[0])
+            assert http_get(port, "/healthz")[0] == 200, "backing off must not look stuck"
+            time.sleep(0.5)
+    assert proc.poll() is None, f"ingest exited during the outage:\n{log.read_text()[-3000:]}"
+    assert 503 in readiness, "ingest stayed ready while it could not write"
+    text = http_get(port, "/metrics")[1]
+    assert metric(text, "reftrain_session_restarts_total", 'error="StoreError",service="ingest"') >= 1, text
+    wait_for(lambda: metric(http_get(port, "/metrics")[1], "reftrain_ingest_replay_complete") == 1, 180,
+             "the replay to finish", proc, log)
+    sigterm(proc)
+    assert wait_exit(proc, 60, log) == 0
+    records = log_records(log)
+    assert any(r.get("msg") == "session ended by a transient error; restarting" for r in records)
+    resumed = [r for r in records if r.get("msg") == "replay complete"]
+    assert resumed and resumed[-1]["already_stored"] > 0, "the retry resumed from the store"
+    check_against_source(platform, source, ())

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,18 @@ from reftrain.streams import consumer_config
 from reftrain.topics import CANDLES, PIVOTS, TopicCatalogue
 from services.pivots.config import group_id
 from services.pivots.detector import detect_pivots
-from tests.support import consume_all, decode_all, ensure_topics, produce_records, real_candles, start_service
+from tests.support import (
+    consume_all,
+    decode_all,
+    ensure_topics,
+    free_port,
+    metric,
+    produce_records,
+    real_candles,
+    scrape,
+    start_service,
+    stop_gracefully,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -45,31 +54,6 @@ PIVOT_COLS = ("pivot_id", "symbol", "timeframe", "level", "kind", "pivot_time", 
 # -- helpers ----------------------------------------------------------------------------------------
 def series(c: Candle | Pivot) -> str:
     return f"{c['symbol']}:{c['timeframe']}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """/metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def metric(port: int, name: str) -> float:
-    try:
-        return scrape(port).get(name, 0.0)
-    except OSError:
-        return 0.0
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
@@ -89,15 +73,6 @@ def start(platform_env: dict[str, str], log: Path, **extra: str) -> tuple[subpro
     port = free_port()
     env = {"HTTP_PORT": str(port), "INSTANCE_ID": "pivots-0", "LOG_LEVEL": "INFO", **extra}
     return start_service("services.pivots", platform_env, env, log_path=log), port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def read_pivots(platform: PlatformSettings) -> list[Pivot]:
@@ -221,7 +196,7 @@ def test_two_interleaved_dirty_series_give_exactly_the_batch_pivots(
         dlq = consume_all(platform, cat.dlq(CANDLES), expect=2, timeout=30)
         assert sorted(dict(d.headers())["error.reason"] for d in dlq) == [b"high_below_low", b"key_mismatch"]
     finally:
-        rc = stop(proc)
+        rc = stop_gracefully(proc)
     assert rc == 0, (tmp_path / "pivots.log").read_text()[-3000:]
 
 
@@ -258,7 +233,7 @@ def test_kill_9_mid_stream_then_restart_emits_each_pivot_exactly_once(
         got = read_pivots(platform)
         assert_matches_batch(got, clean, platform)
     finally:
-        rc = stop(proc)
+        rc = stop_gracefully(proc)
     assert rc == 0, (tmp_path / "final.log").read_text()[-3000:]
 
 
@@ -281,4 +256,4 @@ def test_crash_after_the_store_write_and_before_the_commit_is_repaired_by_the_re
         wait_for(lambda: committed_everything(platform), 120, "offsets committed", proc, interval=0.5)
         assert_matches_batch(read_pivots(platform), clean, platform)  # store rows are not duplicated either
     finally:
-        assert stop(proc) == 0
+        assert stop_gracefully(proc) == 0

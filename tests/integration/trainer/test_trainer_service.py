@@ -21,7 +21,6 @@ import copy
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -47,6 +46,7 @@ from tests.support import (
     consume_all,
     decode_all,
     ensure_topics,
+    free_port,
     produce_raw,
     produce_records,
     real_candles,
@@ -183,12 +183,6 @@ class Trainers:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tail(proc: subprocess.Popen[bytes], n: int = 30) -> str:

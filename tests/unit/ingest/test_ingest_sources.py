@@ -303,3 +303,28 @@ def test_corrupted_rows_never_stop_the_file(load_real: Loader, data: st.DataObje
     good = [i for i in items if not isinstance(i, RowError)]
     untouched = [real[i]["open_time"] for i in range(len(rows)) if i not in bad_rows]
     assert set(untouched) <= {c["open_time"] for c in good}
+
+
+@pytest.mark.parametrize("container", ["csv", "zip"])
+def test_bytes_that_are_not_utf8_quarantine_only_their_row(tmp_path: Path, container: str) -> None:
+    """Real rows with one byte-corrupted row (and a corrupted BOM-less header would be a row too):
+    the bad row is a RowError 'bad_encoding' with a printable raw text, every other row reads."""
+    src = (DATA / SEP_BTC).read_bytes().splitlines()[:31]
+    bad = src[11].split(b",")
+    bad[2] = b"11\xff\xfe3.5"
+    body = b"\n".join([*src[:11], b",".join(bad), *src[12:]]) + b"\n"
+    if container == "csv":
+        path = tmp_path / "BTCUSDT-1m-latin1.csv"
+        path.write_bytes(body)
+    else:
+        path = tmp_path / "BTCUSDT-1m-latin1.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("BTCUSDT-1m-latin1.csv", body)
+    items = list(read_candles(path))
+    errors = [i for i in items if isinstance(i, RowError)]
+    assert [(e.row, e.reason) for e in errors] == [(12, "bad_encoding")]
+    assert "\\xff\\xfe" in errors[0].raw
+    errors[0].raw.encode("utf-8")  # printable: goes into the quarantine table and a Kafka header
+    good = [i for i in items if not isinstance(i, RowError)]
+    assert len(good) == 29
+    assert int(bad[0]) not in {c["open_time"] for c in good}
