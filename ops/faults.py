@@ -64,7 +64,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from ops.kafkaview import KafkaView, Msg, read_topic
+from ops.kafkaview import KafkaView, Msg, read_messages, read_topic
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_raise
 from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
 from ops.stages import BY_NAME, REPO
@@ -1148,31 +1148,7 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
 
 def _raw_values(platform: PlatformSettings, topic: str, timeout: float = 120.0) -> list[bytes]:
     """The value bytes of every committed message of ``topic`` (a DLQ keeps the original bytes)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": platform.kafka_bootstrap_servers, "group.id": f"f-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "auto.offset.reset": "earliest"})
-    out: list[bytes] = []
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        if topic not in md.topics:
-            return out
-        ends = {}
-        for p in md.topics[topic].partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                ends[p] = hi
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            out.extend(m.value() or b"" for m in consumer.consume(500, 0.5) if m.error() is None)
-            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
-                if tp.offset >= ends[tp.partition]:
-                    ends.pop(tp.partition, None)
-    finally:
-        consumer.close()
-    return out
+    return [m.value() or b"" for m in read_messages(platform, topic, timeout=timeout)[0]]
 
 
 # -- rendering ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain.errors import DecodeError, InvalidRecordError
@@ -166,51 +166,57 @@ def _reader_config(platform: PlatformSettings) -> dict[str, Any]:
     }
 
 
-def read_topic(platform: PlatformSettings, topic: str, logical: str | None = None, *,
-               serdes: Serdes | None = None, timeout: float = 120.0) -> TopicRead:
-    """Every committed message of ``topic`` from the beginning up to the end offsets seen at the start.
+def read_messages(platform: PlatformSettings, topic: str, *, timeout: float = 120.0,
+                  **config: Any) -> tuple[list[Message], bool]:
+    """Every committed message of ``topic`` (raw: key, value bytes, headers, coordinates) from the
+    beginning up to the end offsets seen at the start, and whether the read got there in time.
 
-    ``logical`` names the Avro record to decode with (None: leave values undecoded, e.g. a DLQ). The
-    read stops when every partition's position reached the end seen at the start, so messages
-    produced meanwhile may or may not be included; ``complete`` is False if the time ran out first.
-    """
-    consumer = Consumer(_reader_config(platform))
-    serde = (serdes or Serdes(platform, TopicCatalogue(platform))).for_topic(logical) if logical else None
-    out = TopicRead(topic, [])
+    Messages produced meanwhile may or may not be included; an open transaction at the tail keeps a
+    read_committed reader short of the end (then the flag is False). ``config`` adds consumer
+    settings (e.g. a larger ``fetch.max.bytes``)."""
+    consumer = Consumer({**_reader_config(platform), **config})
+    out: list[Message] = []
     try:
         md = consumer.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
-            return out
-        parts = sorted(md.topics[topic].partitions)
+            return out, True
         remaining: dict[int, int] = {}
-        for p in parts:
+        for p in sorted(md.topics[topic].partitions):
             lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if hi > lo:
                 remaining[p] = hi
         if not remaining:
-            return out
+            return out, True
         consumer.assign([TopicPartition(topic, p, 0) for p in remaining])
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
-            for m in consumer.consume(2000, 0.3):
-                if m.error() is not None:
-                    continue
-                key = m.key()
-                value: dict[str, Any] | None = None
-                if serde is not None:
-                    try:
-                        value = serde.decode(m.value())
-                    except (DecodeError, InvalidRecordError):
-                        out.undecodable += 1
-                        continue
-                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
-                out.messages.append(Msg(topic, m.partition(), m.offset(), m.timestamp()[1],
-                                        key.decode("utf-8", "replace") if key is not None else None, value,
-                                        headers, len(m.value() or b"")))
+            out.extend(m for m in consumer.consume(2000, 0.3) if m.error() is None)
             for tp in consumer.position([TopicPartition(topic, p) for p in remaining]):
                 if tp.offset >= remaining[tp.partition]:
                     remaining.pop(tp.partition, None)
-        out.complete = not remaining
-        return out
+        return out, not remaining
     finally:
         consumer.close()
+
+
+def read_topic(platform: PlatformSettings, topic: str, logical: str | None = None, *,
+               serdes: Serdes | None = None, timeout: float = 120.0) -> TopicRead:
+    """``read_messages``, decoded: ``logical`` names the Avro record to decode with (None: leave
+    values undecoded, e.g. a DLQ); undecodable values are counted, not returned."""
+    serde = (serdes or Serdes(platform, TopicCatalogue(platform))).for_topic(logical) if logical else None
+    messages, complete = read_messages(platform, topic, timeout=timeout)
+    out = TopicRead(topic, [], complete=complete)
+    for m in messages:
+        key = m.key()
+        value: dict[str, Any] | None = None
+        if serde is not None:
+            try:
+                value = serde.decode(m.value())
+            except (DecodeError, InvalidRecordError):
+                out.undecodable += 1
+                continue
+        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
+        out.messages.append(Msg(topic, m.partition(), m.offset(), m.timestamp()[1],
+                                key.decode("utf-8", "replace") if key is not None else None, value,
+                                headers, len(m.value() or b"")))
+    return out

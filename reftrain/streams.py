@@ -276,6 +276,7 @@ class StreamApp:
         self.assigned: set[int] = set()
         self._consumer: Consumer | None = None
         self._ready_after_assign = False
+        self._consumed: dict[str, Any] = {}  # logical topic -> its consumed-messages counter
         self.watchdog = Watchdog()
 
     # -- setup ---------------------------------------------------------------------------------
@@ -420,21 +421,40 @@ class StreamApp:
             self.on_batch_committed()
 
     def _handle(self, msg: Message, ctx: Context, producer: Producer) -> None:
-        topic = msg.topic() or ""
-        logical = self.catalogue.logical_of(topic)
-        obs.MESSAGES_CONSUMED.labels(self.service, logical).inc()
+        record = self._decode(msg, producer)
+        if record is not None:
+            self._process(msg, record, ctx, producer)
+
+    def _decode(self, msg: Message, producer: Producer,
+                before_dead_letter: Callable[[], None] | None = None) -> Record | None:
+        """The message as a Record, or None once it is dead-lettered (a key that is not UTF-8, a
+        value that is not a valid record of its topic). ``before_dead_letter`` runs first (e.g. to
+        open the transaction the DLQ copy goes into)."""
+        logical = self.catalogue.logical_of(msg.topic() or "")
+        counter = self._consumed.get(logical)
+        if counter is None:
+            counter = self._consumed[logical] = obs.MESSAGES_CONSUMED.labels(self.service, logical)
+        counter.inc()
+        error: Exception
         try:
             key = msg.key().decode("utf-8") if msg.key() is not None else None
         except UnicodeDecodeError as exc:
-            dead_letter(producer, self.catalogue, self.service, msg, DecodeError(f"key is not UTF-8: {exc}"))
-            return
-        try:
-            value = self.serdes.for_topic(logical).decode(msg.value())
-        except (DecodeError, InvalidRecordError) as exc:
-            dead_letter(producer, self.catalogue, self.service, msg, exc)
-            return
-        record = Record(logical, key, value, msg.partition(), msg.offset(), msg.timestamp()[1])
-        ctx.partition = msg.partition()
+            error = DecodeError(f"key is not UTF-8: {exc}")
+        else:
+            try:
+                value = self.serdes.for_topic(logical).decode(msg.value())
+                return Record(logical, key, value, msg.partition(), msg.offset(), msg.timestamp()[1])
+            except (DecodeError, InvalidRecordError) as exc:
+                error = exc
+        if before_dead_letter is not None:
+            before_dead_letter()
+        dead_letter(producer, self.catalogue, self.service, msg, error)
+        return None
+
+    def _process(self, msg: Message, record: Record, ctx: Context, producer: Producer) -> None:
+        """Hand a decoded record to the processor; what it refuses (InvalidRecordError) or fails on
+        is dead-lettered, outages propagate (they end the session)."""
+        ctx.partition = record.partition
         ctx.now_ms = int(time.time() * 1000)
         try:
             self.processor.process(record, ctx)
@@ -444,7 +464,7 @@ class StreamApp:
             dead_letter(producer, self.catalogue, self.service, msg, exc)
         except Exception as exc:  # a poison message must not crash-loop the service
             log.exception("processing failed; dead-lettering", extra={
-                "topic": topic, "partition": msg.partition(), "offset": msg.offset()})
+                "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()})
             dead_letter(producer, self.catalogue, self.service, msg, exc)
 
     def _export_lag(self, consumer: Consumer) -> None:

@@ -63,13 +63,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
-from reftrain.errors import DecodeError, InvalidRecordError
 from reftrain.serde import RegistryUnavailableError
 from reftrain.streams import (
     Context,
@@ -78,7 +76,6 @@ from reftrain.streams import (
     StreamApp,
     abort_transaction,
     commit_transaction,
-    dead_letter,
 )
 from reftrain.topics import TopicSpec
 from services.coordinator import metrics
@@ -143,7 +140,6 @@ class AlignedStreamApp(StreamApp):
     _parts: dict[int, _Partition] = field(default_factory=dict, init=False, repr=False)
     _start: dict[tuple[str, int], int] = field(default_factory=dict, init=False, repr=False)
     _paused: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
-    _consumed: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _more: bool = field(default=False, init=False, repr=False)
     _steps: int = field(default=0, init=False, repr=False)
 
@@ -269,7 +265,7 @@ class AlignedStreamApp(StreamApp):
             for rank, topic in enumerate(self._order):
                 q = part.queues[topic]
                 while q and q[0].record is None:
-                    record = self._decode(q[0].msg, producer, txn)
+                    record = self._decode(q[0].msg, producer, txn.begin)
                     if record is None:  # dead-lettered in this transaction
                         q.popleft()
                         txn.budget -= 1
@@ -354,39 +350,7 @@ class AlignedStreamApp(StreamApp):
             held = sum(len(part.queues[topic]) for part in self._parts.values())
             metrics.HELD_RECORDS.labels(topic).set(held)
 
-    # -- per message (StreamApp._handle split in two: decode at the head, process on release) -----
-    def _decode(self, msg: Message, producer: Producer, txn: _Txn) -> Record | None:
-        topic = msg.topic() or ""
-        logical = self.catalogue.logical_of(topic)
-        counter = self._consumed.get(logical)
-        if counter is None:
-            counter = self._consumed[logical] = obs.MESSAGES_CONSUMED.labels(self.service, logical)
-        counter.inc()
-        try:
-            key = msg.key().decode("utf-8") if msg.key() is not None else None
-        except UnicodeDecodeError as exc:
-            txn.begin()
-            dead_letter(producer, self.catalogue, self.service, msg, DecodeError(f"key is not UTF-8: {exc}"))
-            return None
-        try:
-            value = self.serdes.for_topic(logical).decode(msg.value())
-        except (DecodeError, InvalidRecordError) as exc:
-            txn.begin()
-            dead_letter(producer, self.catalogue, self.service, msg, exc)
-            return None
-        return Record(logical, key, value, msg.partition(), msg.offset(), msg.timestamp()[1])
-
+    # -- per message: StreamApp's decode at the head of a queue, its process on release ----------
     def _apply(self, msg: Message, record: Record, ctx: Context, producer: Producer, txn: _Txn) -> None:
         txn.begin()
-        ctx.partition = record.partition
-        ctx.now_ms = int(time.time() * 1000)
-        try:
-            self.processor.process(record, ctx)
-        except (RestartSession, RegistryUnavailableError, KafkaException):
-            raise
-        except InvalidRecordError as exc:
-            dead_letter(producer, self.catalogue, self.service, msg, exc)
-        except Exception as exc:  # a poison message must not crash-loop the service
-            log.exception("processing failed; dead-lettering", extra={
-                "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()})
-            dead_letter(producer, self.catalogue, self.service, msg, exc)
+        self._process(msg, record, ctx, producer)

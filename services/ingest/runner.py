@@ -168,7 +168,10 @@ def run_live(pipeline: Pipeline, url: str, *, stop: threading.Event, health: Hea
     """Closed klines from ``url`` through the same write-before-publish path, until ``stop``."""
     health.set_ready(True)
     log.info("ready: live mode", extra={"url": url})
-    asyncio.run(_live(pipeline, url, stop, health))
+    try:
+        asyncio.run(_live(pipeline, url, stop, health))
+    except ExceptionGroup as group:  # TaskGroup wraps the failing task's error: surface it, so the
+        raise group.exceptions[0] from group  # caller can tell an outage (retry) from a bug (exit)
 
 
 async def _live(pipeline: Pipeline, url: str, stop: threading.Event, health: Health,

@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from ops.kafkaview import read_topic
+from ops.kafkaview import read_messages, read_topic
 from ops.procs import free_port
 from ops.promtext import Scrape, scrape
 from reftrain.settings import PlatformSettings
@@ -173,37 +173,11 @@ class DlqEntry:
 
 
 def read_dlq(platform: PlatformSettings, topic: str) -> list[DlqEntry]:
-    """Every committed message of a dead-letter topic, keys and values as bytes."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": platform.kafka_bootstrap_servers, "group.id": f"dlq-{time.time_ns()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "auto.offset.reset": "earliest", "fetch.max.bytes": 60_000_000})
-    out: list[DlqEntry] = []
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        if topic not in md.topics:
-            return out
-        ends = {}
-        for p in md.topics[topic].partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                ends[p] = hi
-        if not ends:
-            return out
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + 60
-        while ends and time.monotonic() < deadline:
-            for m in consumer.consume(500, 0.5):
-                if m.error() is None:
-                    out.append(DlqEntry(m.key(), m.value(), {k: (v or b"").decode("utf-8", "replace")
-                                                             for k, v in m.headers() or []}))
-            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
-                if tp.offset >= ends[tp.partition]:
-                    ends.pop(tp.partition, None)
-    finally:
-        consumer.close()
-    return out
+    """Every committed message of a dead-letter topic, keys and values as bytes (DLQ copies can be
+    nearly 1 MB each: a large fetch size)."""
+    messages, _complete = read_messages(platform, topic, timeout=60, **{"fetch.max.bytes": 60_000_000})
+    return [DlqEntry(m.key(), m.value(), {k: (v or b"").decode("utf-8", "replace") for k, v in m.headers() or []})
+            for m in messages]
 
 
 def dlq_count(platform: PlatformSettings, topic: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -214,7 +215,16 @@ def test_store_outage_mid_replay_is_ridden_out_in_process(
            "INGEST_EXIT_WHEN_DONE": "false"}
     port, log = free_port(), tmp_path / "ingest.log"
     proc = start_ingest(platform_env, env, log, port)
+    try:
+        _ride_out_store_outage(platform, source, proc, port, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
+
+def _ride_out_store_outage(platform: PlatformSettings, source: list[Candle], proc: subprocess.Popen[bytes],
+                           port: int, log: Path) -> None:
     def at_row(n: int) -> bool:
         text = http_get(port, "/metrics")[1]
         return metric(text, "reftrain_ingest_last_open_time_ms", 'series="BTCUSDT:1m"') >= source[n]["open_time"]
