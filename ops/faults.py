@@ -106,6 +106,8 @@ class Size:
     max_candles: int
     kills_per_service: int
     failpoints: tuple[str, ...]
+    #: (stream service, reftrain.streams failpoint stage): a kill -9 inside a transaction commit
+    commit_kills: tuple[tuple[str, str], ...]
     rebalance_kills: int
     broker_stops: tuple[str, ...]  # signal used to stop the broker, one entry per stop
     broker_down_s: float
@@ -113,6 +115,7 @@ class Size:
     registry_down_s: float
     store_outages: int
     store_down_s: float
+    data_path_outages: int  # the store's data path made read-only (chattr +i)
     scale_events: int
     bad_every: int  # a bad candle and a bad training job before every n-th fault
     settle_s: tuple[float, float] = (1.0, 4.0)
@@ -121,14 +124,18 @@ class Size:
 
 SIZES: dict[str, Size] = {
     "reduced": Size("reduced", DEFAULT_FILES, window=60, chunk=20, speed=120.0, max_candles=1500,
-                    kills_per_service=1, failpoints=("after_fence",), rebalance_kills=1, broker_stops=("TERM",),
+                    kills_per_service=1, failpoints=("after_fence",),
+                    commit_kills=(("coordinator", "before_commit"),), rebalance_kills=1, broker_stops=("TERM",),
                     broker_down_s=8.0, registry_stops=1, registry_down_s=8.0, store_outages=1, store_down_s=10.0,
-                    scale_events=1, bad_every=3),
+                    data_path_outages=1, scale_events=1, bad_every=3),
     "full": Size("full", DEFAULT_FILES, window=600, chunk=60, speed=240.0, max_candles=4300,
                  kills_per_service=3,
                  failpoints=("after_model_files", "after_fence", "after_manifest", "after_rows", "after_publish"),
+                 commit_kills=(("coordinator", "before_commit"), ("coordinator", "after_commit"),
+                               ("pivots", "before_commit"), ("inference", "before_commit")),
                  rebalance_kills=2, broker_stops=("TERM", "KILL"), broker_down_s=15.0, registry_stops=2,
-                 registry_down_s=15.0, store_outages=2, store_down_s=20.0, scale_events=2, bad_every=2),
+                 registry_down_s=15.0, store_outages=2, store_down_s=20.0, data_path_outages=2, scale_events=2,
+                 bad_every=2),
 }
 
 #: Service settings of the campaign (besides INFERENCE_WINDOW), and why.
@@ -242,6 +249,34 @@ class PrivateStack:
 
 class CampaignError(Exception):
     """The campaign cannot run (stack, data): exit 2."""
+
+
+def set_immutable(path: Path, on: bool) -> None:
+    """``chattr -R +i`` / ``-i``: nobody, root included, may create, change or delete under ``path``."""
+    res = subprocess.run(["chattr", "-R", "-f", "+i" if on else "-i", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    if res.returncode != 0 and on:
+        raise CampaignError(f"chattr +i {path} failed: {res.stderr.strip()}")
+
+
+def immutable_supported(scratch: Path) -> bool:
+    """Whether ``chattr +i`` works here (ext4/xfs and CAP_LINUX_IMMUTABLE) and really stops a write."""
+    probe = scratch / f".immutable-probe-{uuid.uuid4().hex[:6]}"
+    probe.mkdir(parents=True, exist_ok=True)
+    try:
+        if shutil.which("chattr") is None:
+            return False
+        set_immutable(probe, True)
+        try:
+            (probe / "x").write_text("x")
+            return False
+        except OSError:
+            return True
+    except CampaignError:
+        return False
+    finally:
+        set_immutable(probe, False)
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def _git_state() -> dict[str, str]:
@@ -660,8 +695,21 @@ class Campaign:
         """kill -9 INSIDE a trainer checkpoint: the trainer is restarted (gracefully) with
         TRAINER_FAILPOINT, which SIGKILLs it the first time a checkpoint reaches ``stage``; the
         supervisor then restarts it without the failpoint."""
-        inst = self.instances["trainer-1"]
-        inst.once_env = {"TRAINER_FAILPOINT": f"{stage}:1"}
+        self._failpoint_kill(self.instances["trainer-1"], "trainer", {"TRAINER_FAILPOINT": f"{stage}:1"},
+                             "kill -9 trainer inside a checkpoint", stage)
+
+    def fault_commit(self, service: str, stage: str) -> None:
+        """kill -9 INSIDE a Kafka transaction commit of a stream service: restarted (gracefully)
+        with FAILPOINT (reftrain.streams.FAILPOINT_STAGES), which SIGKILLs it at its first commit
+        after the restart, at ``stage``: before_commit (outputs, state and offsets sent, commit not
+        requested) or after_commit (commit acknowledged). The restart fences and aborts it."""
+        self._failpoint_kill(self.instances[service], service, {"FAILPOINT": f"{stage}:1"},
+                             f"kill -9 {service} inside a transaction commit", stage)
+
+    def _failpoint_kill(self, inst: Instance, stage_name: str, env: dict[str, str], kind: str, detail: str) -> None:
+        """Restart ``inst`` with a failpoint ``env``; wait for its SIGKILL (then it is restarted
+        without it, as any killed instance); record the injection, or why it did not happen."""
+        inst.once_env = env
         inst.planned = True
         inst.proc.signal(signal.SIGTERM)
         if inst.proc.proc is not None:
@@ -677,19 +725,18 @@ class Campaign:
         if self.wait(exited, 180, 0.2):
             e = next(e for e in self.exits[seen:] if e.instance == inst.name)
             if e.code == -signal.SIGKILL:
-                inj = Injection("kill -9 trainer inside a checkpoint", stage, e.at, time.time())
+                inj = Injection(kind, detail, e.at, time.time())
                 self.injections.append(inj)
-                self.wait_recovered(inj, ["trainer"])
+                self.wait_recovered(inj, [stage_name])
                 return
             note = f"exited with {e.code} before reaching the failpoint"
         else:
-            note = "no checkpoint reached the failpoint in 180 s"
+            note = "the failpoint was not reached in 180 s"
             inst.planned = True
             inst.proc.signal(signal.SIGKILL)  # restart without the failpoint
             self.tick()
-        self.say(f"  failpoint {stage} not triggered: {note}")
-        self.injections.append(Injection("kill -9 trainer inside a checkpoint", stage, time.time(), time.time(),
-                                         triggered=False, note=note))
+        self.say(f"  failpoint {detail} not triggered: {note}")
+        self.injections.append(Injection(kind, detail, time.time(), time.time(), triggered=False, note=note))
 
     def fault_rebalance_kill(self, n: int) -> None:
         """A replica joins (the group rebalances: the owner checkpoints on revoke) and the owner is
@@ -771,6 +818,27 @@ class Campaign:
         self.injections.append(inj)
         self.wait_recovered(inj, ["ingest", *CONSUMERS])
 
+    def fault_data_path(self) -> None:
+        """The store's data path (DuckLake Parquet files, trainer checkpoints) becomes read-only for
+        everyone: ``chattr +i`` (immutable), which binds root too, where ``chmod`` does not. The
+        catalog stays up, so small inlined writes go on while file writes fail."""
+        assert self.platform is not None
+        lake = Path(self.platform.store_data_path)
+        t = time.time()
+        if not immutable_supported(self.out):
+            self.injections.append(Injection("store data path read-only", "chattr +i not supported here", t, t,
+                                             triggered=False, note="not injected: no chattr +i on this file system"))
+            return
+        set_immutable(lake, True)
+        try:
+            self.sleep(self.size.store_down_s)
+        finally:
+            set_immutable(lake, False)
+        inj = Injection("store data path read-only", f"data path immutable (chattr +i) {time.time() - t:.0f} s", t,
+                        time.time())
+        self.injections.append(inj)
+        self.wait_recovered(inj, ["ingest", *CONSUMERS])
+
     # -- bad input -------------------------------------------------------------------------------
     def inject_bad(self) -> None:
         """A NaN candle and undecodable bytes on candles, a corrupt training job: each must reach the
@@ -810,6 +878,9 @@ class Campaign:
                 faults.append((f"kill {stage}", lambda st=stage: self.fault_kill(st)))  # type: ignore[misc]
         for fp in s.failpoints:
             faults.append((f"checkpoint {fp}", lambda f=fp: self.fault_checkpoint(f)))  # type: ignore[misc]
+        for svc, stage in s.commit_kills:
+            faults.append((f"commit {svc} {stage}",
+                           lambda v=svc, g=stage: self.fault_commit(v, g)))  # type: ignore[misc]
         for n in range(s.rebalance_kills):
             faults.append(("rebalance kill", lambda n=n: self.fault_rebalance_kill(n)))  # type: ignore[misc]
         for sig in s.broker_stops:
@@ -818,6 +889,8 @@ class Campaign:
             faults.append(("registry", self.fault_registry))
         for _ in range(s.store_outages):
             faults.append(("store", self.fault_store))
+        for _ in range(s.data_path_outages):
+            faults.append(("data path", self.fault_data_path))
         for n in range(s.scale_events):
             faults.append(("scale", lambda n=n: self.fault_scale(n)))  # type: ignore[misc]
         self.rng.shuffle(faults)
@@ -1258,6 +1331,9 @@ def run_campaign(opts: Options, log: Callable[[str], None] = _say) -> Result:
     finally:
         if campaign is not None:
             campaign.stop_all()
+            if campaign.platform is not None:  # a fault may have been cut short: never leave it read-only
+                with contextlib.suppress(Exception):
+                    set_immutable(Path(campaign.platform.store_data_path), False)
             if not opts.keep_data and campaign.platform is not None:
                 with contextlib.suppress(Exception):
                     drop_catalog(campaign.platform.store_catalog)

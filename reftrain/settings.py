@@ -46,6 +46,9 @@ class PlatformSettings:
     log_level: str = "INFO"
     #: 'json' (default, for machines) or 'text' (for a person at a terminal).
     log_format: str = "json"
+    #: Fault tests only: '<stage>:<n>' SIGKILLs a stream service the n-th time a transaction
+    #: reaches <stage> (reftrain.streams.FAILPOINT_STAGES). Empty = off.
+    failpoint: str = ""
 
 
 def _convert(raw: str, annotation: Any, name: str) -> Any:

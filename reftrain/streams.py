@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
 from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.failpoint import Failpoint
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde, RegistryUnavailableError, registry_client
 from reftrain.service import restart_on
@@ -194,13 +195,24 @@ def init_transactions(producer: Producer, watchdog: Watchdog, timeout_s: float =
         producer.init_transactions(timeout_s)
 
 
+#: Where ``FAILPOINT`` can SIGKILL a stream service inside a transaction (reftrain.failpoint):
+#: ``before_commit`` = outputs, state and offsets sent, commit not yet requested;
+#: ``after_commit`` = commit acknowledged, nothing after it done yet.
+FAILPOINT_STAGES = ("before_commit", "after_commit")
+NO_FAILPOINT = Failpoint("", FAILPOINT_STAGES)
+
+
 def commit_transaction(producer: Producer, offsets: list[TopicPartition], consumer: Consumer,
-                       watchdog: Watchdog) -> None:
+                       watchdog: Watchdog, failpoint: Failpoint = NO_FAILPOINT) -> None:
     """The consumed positions into the transaction, then commit: outputs, state and input offsets
     become visible together or not at all."""
     with watchdog.guard("send_offsets_to_transaction + commit_transaction", 30 + 60):
         producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        if failpoint.armed:
+            producer.flush(30)  # outputs on the broker first: the kill leaves them in an open transaction
+            failpoint.reached("before_commit")
         producer.commit_transaction(60)
+    failpoint.reached("after_commit")
 
 
 def abort_transaction(producer: Producer, watchdog: Watchdog) -> None:
@@ -278,6 +290,7 @@ class StreamApp:
         self._ready_after_assign = False
         self._consumed: dict[str, Any] = {}  # logical topic -> its consumed-messages counter
         self.watchdog = Watchdog()
+        self.failpoint = Failpoint(self.platform.failpoint, FAILPOINT_STAGES)
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_topics(self) -> None:
@@ -410,7 +423,7 @@ class StreamApp:
                     log.exception("end_batch failed; restarting the session")
                     raise RestartSession(f"end_batch failed: {type(exc).__name__}: {exc}") from exc
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
-            commit_transaction(producer, positions, consumer, self.watchdog)
+            commit_transaction(producer, positions, consumer, self.watchdog, self.failpoint)
             obs.TRANSACTIONS.labels(self.service, "committed").inc()
         except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
             obs.TRANSACTIONS.labels(self.service, "aborted").inc()

@@ -227,7 +227,7 @@ class AlignedStreamApp(StreamApp):
                 end_batch = getattr(self.processor, "end_batch", None)
                 if end_batch is not None:
                     self._run_hook(end_batch, ctx)
-                commit_transaction(producer, self._committable(consumer), consumer, self.watchdog)
+                commit_transaction(producer, self._committable(consumer), consumer, self.watchdog, self.failpoint)
                 obs.TRANSACTIONS.labels(self.service, "committed").inc()
         except (RestartSession, RegistryUnavailableError, KafkaException) as exc:
             if txn.open:

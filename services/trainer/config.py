@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from reftrain import settings
 from reftrain.errors import ConfigError
+from reftrain.failpoint import Failpoint
 
 SERVICE = "trainer"
 DEFAULT_PORT = 8005
@@ -60,18 +61,7 @@ class TrainerSettings:
             raise ConfigError(f"TRAINER_LR must be > 0, got {self.lr}")
         if self.poll_timeout_s <= 0:
             raise ConfigError(f"TRAINER_POLL_TIMEOUT_S must be > 0, got {self.poll_timeout_s}")
-        if self.failpoint:
-            self.failpoint_spec()
-
-    def failpoint_spec(self) -> tuple[str, int] | None:
-        """(stage, n) of TRAINER_FAILPOINT, or None when off."""
-        if not self.failpoint:
-            return None
-        stage, _, n = self.failpoint.partition(":")
-        if stage not in FAILPOINT_STAGES or not n.isdigit() or int(n) < 1:
-            raise ConfigError(f"TRAINER_FAILPOINT must be '<stage>:<n>' with stage in {FAILPOINT_STAGES}, "
-                              f"got {self.failpoint!r}")
-        return stage, int(n)
+        Failpoint(self.failpoint, FAILPOINT_STAGES, "TRAINER_FAILPOINT")  # refuses a malformed one now
 
 
 def load(environ: Mapping[str, str] | None = None) -> TrainerSettings:

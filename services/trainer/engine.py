@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -28,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from reftrain.failpoint import Failpoint
 from reftrain.model import (
     DEFAULT_SEED,
     RefTrainNet,
@@ -43,7 +42,7 @@ from reftrain.model.training import SampleTarget, TargetBatch
 from reftrain.records import ModelVersion
 from services.trainer import metrics
 from services.trainer.batch import PendingJob, Rejection, Sample, prepare, stack, training_batches
-from services.trainer.config import TrainerSettings
+from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.lineage import (
     EMPTY_DIGEST,
     ModelEntry,
@@ -127,10 +126,6 @@ class PartitionState:
     last_checkpoint: float = 0.0
 
 
-class FailpointHit(Exception):
-    """Raised instead of killing the process when ``kill`` is False (unit tests)."""
-
-
 class TrainerEngine:
     """Trains the models of the partitions it is told it owns; checkpoints them exactly once."""
 
@@ -166,9 +161,7 @@ class TrainerEngine:
         self.fetcher = WindowFetcher(store, settings.cache_rows)
         self.parts: dict[int, PartitionState] = {}
         self.data_path = Path(store.data_path)
-        self._failpoint = settings.failpoint_spec()
-        self._failpoint_hits: Counter[str] = Counter()
-        self._kill_on_failpoint = kill_on_failpoint
+        self._failpoint = Failpoint(settings.failpoint, FAILPOINT_STAGES, "TRAINER_FAILPOINT", kill=kill_on_failpoint)
         if warm_up:
             self.warm_up()
 
@@ -429,14 +422,7 @@ class TrainerEngine:
         metrics.GPU_MEMORY_BYTES.labels("reserved").set(torch.cuda.memory_reserved(self.device))
 
     def _fail(self, stage: str) -> None:
-        if self._failpoint is None or self._failpoint[0] != stage:
-            return
-        self._failpoint_hits[stage] += 1
-        if self._failpoint_hits[stage] == self._failpoint[1]:
-            log.warning("failpoint reached: killing this process", extra={"stage": stage})
-            if self._kill_on_failpoint:
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise FailpointHit(stage)
+        self._failpoint.reached(stage)
 
 
 def _model_version(key: str, entry: ModelEntry, metrics_: dict[str, float]) -> ModelVersion:

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from reftrain.errors import StoreError
+from reftrain.failpoint import FailpointHit
 from reftrain.model import init_model, load_checkpoint
 from reftrain.records import Candle, ModelVersion, TrainingJob
 from services.trainer.batch import PendingJob
 from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
-from services.trainer.engine import FailpointHit, TrainerEngine
+from services.trainer.engine import TrainerEngine
 from services.trainer.lineage import ManifestConflict, digest_add, lineage_job_ids, read_manifest
 from tests.unit.trainer.trainer_synth import MemStore, synth_jobs
 
