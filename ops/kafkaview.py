@@ -67,7 +67,8 @@ class KafkaView:
         self.platform = platform
         self.timeout = timeout
         self.catalogue = TopicCatalogue(platform)
-        self.admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers})
+        # log_level 2: while a broker restarts, an idle client would print a connection error a second
+        self.admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers, "log_level": 2})
         self._meta = self._consumer(f"ops-view-{uuid.uuid4().hex[:8]}")
         self._by_group: dict[str, Consumer] = {}
 
