@@ -67,14 +67,13 @@ from confluent_kafka import KafkaError, Message, Producer
 from ops.kafkaview import KafkaView, Msg, read_messages, read_topic
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_raise
 from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
-from ops.stages import BY_NAME, REPO
+from ops.stages import BY_NAME, REPO, STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.records import series_key
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes, producer_config
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, TopicCatalogue
 
-STACK = REPO / "deploy" / "local" / "stack.sh"
 DATA = REPO / "data"
 CONSUMERS = ("pivots", "inference", "coordinator", "trainer")
 #: Consumer group inputs (logical topics) of each consumer stage, for progress and lag.
@@ -204,12 +203,7 @@ class PrivateStack:
 
     def platform_env(self) -> dict[str, str]:
         _rc, out = self.run("env", 60)
-        env = {}
-        for line in out.splitlines():
-            if line.startswith("export "):
-                k, _, v = line[len("export "):].partition("=")
-                env[k] = v.strip("'")
-        return env
+        return parse_stack_env(out)
 
     def pid(self, component: str) -> int | None:
         try:

@@ -32,14 +32,12 @@ from ops import plots
 from ops.analysis import FAIL, NOT_RUN, PASS, Analysis, Check, Inputs
 from ops.kafkaview import KafkaView, read_topic
 from ops.promtext import Scrape, merge, parse, scrape
-from ops.stages import REPO, STAGES, TOPIC_ORDER
+from ops.stages import REPO, STACK, STAGES, TOPIC_ORDER, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes
 from reftrain.topics import TopicCatalogue
 from services.coordinator.config import JoinConfig
-
-STACK = REPO / "deploy" / "local" / "stack.sh"
 
 
 @dataclass
@@ -362,12 +360,7 @@ METHOD = """\
 def stack_env() -> dict[str, str]:
     """The local stack's variables (deploy/local/stack.sh env), for a shell without them."""
     out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
-            env[k] = v.strip("'")
-    return env
+    return parse_stack_env(out)
 
 
 def report_for_run(run_dir: Path, *, with_plots: bool = True, console: Console | None = None) -> Report:

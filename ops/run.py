@@ -51,12 +51,11 @@ from ops import report as report_mod
 from ops.kafkaview import KafkaView
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
 from ops.progress import Monitor, ProgressView
-from ops.stages import BY_NAME, REPO, STAGES, Stage
+from ops.stages import BY_NAME, REPO, STACK, STAGES, Stage
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
 from reftrain.topics import TopicCatalogue
 
-STACK = REPO / "deploy" / "local" / "stack.sh"
 DATA = REPO / "data"
 
 #: Two real Binance series (same timestamps), the most recent bundled 1m window.

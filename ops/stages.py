@@ -13,6 +13,17 @@ from pathlib import Path
 from reftrain import topics
 
 REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "deploy" / "local" / "stack.sh"
+
+
+def parse_stack_env(text: str) -> dict[str, str]:
+    """The variables of ``stack.sh env`` output (``export K='v'`` lines) as a dict."""
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export "):].partition("=")
+            env[k] = v.strip("'")
+    return env
 
 
 @dataclass(frozen=True)

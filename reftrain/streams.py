@@ -221,6 +221,17 @@ def abort_transaction(producer: Producer, watchdog: Watchdog) -> None:
         producer.abort_transaction(30)
 
 
+def is_record(msg: Message) -> bool:
+    """False for a consumer event (logged and skipped); a fatal one ends the session."""
+    err = msg.error()
+    if err is None:
+        return True
+    if err.fatal():
+        raise RestartSession(f"fatal consumer error: {err}")
+    log.warning("consumer error", extra={"error": str(err)})
+    return False
+
+
 class Context:
     """What a processor may do while handling one record: emit outputs, change state."""
 
@@ -406,13 +417,8 @@ class StreamApp:
         producer.begin_transaction()
         try:
             for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.fatal():
-                        raise RestartSession(f"fatal consumer error: {err}")
-                    log.warning("consumer error", extra={"error": str(err)})
-                    continue
-                self._handle(msg, ctx, producer)
+                if is_record(msg):
+                    self._handle(msg, ctx, producer)
             end_batch = getattr(self.processor, "end_batch", None)
             if end_batch is not None:  # e.g. inference predicts every series of the batch at once
                 try:

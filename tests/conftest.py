@@ -17,22 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from ops.stages import STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
 from tests.support import catalog_admin
 
 REPO = Path(__file__).resolve().parent.parent
-STACK = REPO / "deploy" / "local" / "stack.sh"
 
 
 def _stack_env() -> dict[str, str]:
     out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
-            env[k] = v.strip("'")
-    return env
+    return parse_stack_env(out)
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,7 @@ from reftrain.streams import (
     StreamApp,
     abort_transaction,
     commit_transaction,
+    is_record,
 )
 from reftrain.topics import TopicSpec
 from services.coordinator import metrics
@@ -191,11 +192,7 @@ class AlignedStreamApp(StreamApp):
         """Queue the polled messages, release what alignment allows in one transaction, commit."""
         now = time.monotonic()
         for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise RestartSession(f"fatal consumer error: {err}")
-                log.warning("consumer error", extra={"error": str(err)})
+            if not is_record(msg):
                 continue
             part = self._parts.get(msg.partition())
             if part is None:  # not (or no longer) ours: the owner re-reads it from the committed offset
