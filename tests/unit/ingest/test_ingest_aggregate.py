@@ -54,7 +54,7 @@ def batch_resample(candles: list[Candle], tf: str) -> tuple[list[Candle], int]:
     complete = agg[agg["n"] == need]
     times = np.array([c["open_time"] for c in candles], dtype=np.int64)
     volumes = [c["volume"] for c in candles]
-    starts = (complete.index.asi8 // 1_000_000).tolist()
+    starts = complete.index.as_unit("ms").asi8.tolist()  # pandas 3 infers the unit: ask for ms
     lo = np.searchsorted(times, starts, side="left").tolist()
     hi = np.searchsorted(times, [s + ms for s in starts], side="left").tolist()
     out: list[Candle] = []
