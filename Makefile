@@ -1,24 +1,41 @@
 # reftrain: `make run` (the whole loop on real data) and `make test` (the suite) do all set-up.
+# Paths are absolute from this file, so `make -C <clone> test` or `make -f <clone>/Makefile test`
+# works from any folder.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-VENV ?= .venv
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
 PY := $(VENV)/bin/python
-STACK := deploy/local/stack.sh
-PYTEST_ARGS ?= -m 'not slow'
+UV := $(VENV)/bin/uv
+STACK := $(ROOT)/deploy/local/stack.sh
+PYTHON3 ?= python3
+# CI and `make test` leave out the long scenarios (`make test-all` runs everything).
+PYTEST_ARGS ?= -m 'not slow and not compose'
 
-.PHONY: help venv up down status env test test-unit lint typecheck run report bench faults plots clean reset
+.PHONY: help deps venv lock up down status env test test-all test-unit lint typecheck run report bench faults plots clean reset
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
-	@command -v python3 >/dev/null || { echo "python3 (3.11) is required"; exit 1; }
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[ml,report,dev]'
+# The venv is made from the hashed lock (requirements.lock, made by `make lock`) with uv, which is
+# itself installed from a hashed pin; `pip install --require-hashes -r requirements.lock` works too.
+$(VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/requirements.lock
+	@$(PYTHON3) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' \
+	  || { echo "reftrain needs Python 3.11 or 3.12 as $(PYTHON3) (set PYTHON3=/path/to/python3.11)"; exit 1; }
+	$(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --require-hashes -r $(ROOT)/deploy/local/uv.lock.txt
+	$(UV) pip install -q --python $(PY) --require-hashes -r $(ROOT)/requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e $(ROOT)
 	touch $@
 
-venv: $(VENV)/.installed ## create the virtualenv with pinned dependencies
+venv: $(VENV)/.installed ## create the virtualenv from the hashed lock file
+
+deps: ## install the Debian packages the stack and tests need (PostgreSQL, kcat, Maven, ...), saying which first
+	$(STACK) deps
+
+lock: venv ## re-resolve requirements.lock from pyproject.toml (pins) with hashes
+	$(UV) pip compile $(ROOT)/pyproject.toml --extra ml --extra report --extra dev --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(ROOT)/requirements.lock -q
 
 up: venv ## start the local stack (Kafka, Apicurio Registry, PostgreSQL); data kept in .local/
 	PYTHON=$(PY) $(STACK) up
@@ -32,37 +49,41 @@ status: ## is the local stack up?
 env: ## print the variables that point at the local stack
 	@$(STACK) env
 
-test: venv ## the whole suite against the real local stack (started and stopped here)
+test: venv deps ## the suite against the real local stack (started and stopped here); long scenarios left out
 	PYTHON=$(PY) $(STACK) fetch
-	$(PY) -m pytest $(PYTEST_ARGS)
+	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: venv deps ## every test, the long scenarios too
+	PYTHON=$(PY) $(STACK) fetch
+	cd $(ROOT) && $(PY) -m pytest
 
 test-unit: venv ## unit and contract tests only (no broker)
-	$(PY) -m pytest tests/unit tests/contract $(PYTEST_ARGS)
+	cd $(ROOT) && $(PY) -m pytest tests/unit tests/contract $(PYTEST_ARGS)
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check reftrain services tests bench ops deploy/init
+	cd $(ROOT) && $(VENV)/bin/ruff check reftrain services tests bench ops deploy/init
 
 typecheck: venv ## mypy
-	$(VENV)/bin/mypy reftrain services ops
+	cd $(ROOT) && $(VENV)/bin/mypy reftrain services ops
 
 RUN_ARGS ?=
 REPORT_ARGS ?=
-run: venv ## the whole loop on the bundled real data: stack, services, replay, report, plots, clean stop
-	PYTHON=$(PY) $(PY) -m ops.run $(RUN_ARGS)
+run: venv deps ## the whole loop on the bundled real data: stack, services, replay, report, plots, clean stop
+	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.run $(RUN_ARGS)
 
 report: venv ## the report of a running stack ($$TOPIC_PREFIX), or REPORT_ARGS="--run reports/<run>"
-	$(PY) -m ops.report $(REPORT_ARGS)
+	cd $(ROOT) && $(PY) -m ops.report $(REPORT_ARGS)
 
 bench: venv ## benchmarks with their anchors (ratios printed)
 	PYTHON=$(PY) $(STACK) up
-	eval "$$($(STACK) env)"; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	cd $(ROOT) && eval "$$($(STACK) env)"; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 FAULT_ARGS ?=
-faults: venv ## fault-injection campaign, full size, on a private stack (table -> docs/reliability.md)
-	PYTHON=$(PY) $(PY) -m ops.faults --size full $(FAULT_ARGS)
+faults: venv deps ## fault-injection campaign, full size, on a private stack (table -> docs/reliability.md)
+	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.faults --size full $(FAULT_ARGS)
 
 clean: ## remove caches (keeps the venv and stack data)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis reports
+	cd $(ROOT) && rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis reports
 
 reset: down ## stop the stack and delete its data
 	$(STACK) reset

@@ -30,6 +30,22 @@ def _stack_env() -> dict[str, str]:
     return parse_stack_env(out)
 
 
+def _start_stack_or_exit() -> None:
+    """``stack.sh up``; when it fails the whole run stops at once with its one-line reason.
+
+    Without this every stack-backed test would error on the same fixture, one after the other,
+    for minutes, burying the reason.
+    """
+    proc = subprocess.run([str(STACK), "up"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    reason = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
+    subprocess.run([str(STACK), "down"], capture_output=True, check=False)
+    pytest.exit(f"the local stack did not start (deploy/local/stack.sh up exit {proc.returncode}): {reason}",
+                returncode=3)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
     """Environment of a running stack; starts one if none is given or running."""
@@ -39,7 +55,7 @@ def stack() -> Iterator[dict[str, str]]:
         return
     was_up = subprocess.run([str(STACK), "status"], capture_output=True).returncode == 0
     if not was_up:
-        subprocess.run([str(STACK), "up"], check=True)
+        _start_stack_or_exit()
     env = _stack_env()
     os.environ.update(env)
     yield env

@@ -10,20 +10,35 @@
 #   deploy/local/stack.sh env      print the environment variables that point at the stack
 #   deploy/local/stack.sh reset    down, then delete all data
 #
+#   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
+#
 # State lives in $REFTRAIN_STACK_DIR (default .local/stack, git-ignored): topics, registered
-# schemas and the catalog survive `down && up`.
+# schemas and the catalog survive `down && up`. PostgreSQL runs as the unprivileged `postgres` OS
+# user when this script runs as root; that user may not be able to reach a clone inside a 0700
+# folder (mktemp -d, /root), so for root its data folder lives under /var/lib/reftrain/, named after
+# this stack's state folder: two clones never share a catalog.
+# Ports: REFTRAIN_PORT_OFFSET shifts every default port (a second clone: REFTRAIN_PORT_OFFSET=100);
+# each REFTRAIN_*_PORT sets one. A port already taken by something this stack did not start stops
+# `up` at once with one line saying so.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 RUNTIME="$HERE/.runtime"
-STATE="${REFTRAIN_STACK_DIR:-$REPO/.local/stack}"
-KAFKA_PORT="${REFTRAIN_KAFKA_PORT:-19092}"
-CONTROLLER_PORT="${REFTRAIN_CONTROLLER_PORT:-19093}"
-REGISTRY_PORT="${REFTRAIN_REGISTRY_PORT:-18081}"
-REGISTRY_MGMT_PORT="${REFTRAIN_REGISTRY_MGMT_PORT:-19000}"
-PG_PORT="${REFTRAIN_PG_PORT:-15432}"
+STATE="$(realpath -m "${REFTRAIN_STACK_DIR:-$REPO/.local/stack}")"
+OFFSET="${REFTRAIN_PORT_OFFSET:-0}"
+KAFKA_PORT="${REFTRAIN_KAFKA_PORT:-$((19092 + OFFSET))}"
+CONTROLLER_PORT="${REFTRAIN_CONTROLLER_PORT:-$((19093 + OFFSET))}"
+REGISTRY_PORT="${REFTRAIN_REGISTRY_PORT:-$((18081 + OFFSET))}"
+REGISTRY_MGMT_PORT="${REFTRAIN_REGISTRY_MGMT_PORT:-$((19000 + OFFSET))}"
+PG_PORT="${REFTRAIN_PG_PORT:-$((15432 + OFFSET))}"
 PG_USER_OS="${REFTRAIN_PG_OS_USER:-postgres}"
+if [ "$(id -u)" = 0 ]; then
+  # A folder the postgres user can always reach, one per stack state folder (see the header).
+  PG_DATA="${REFTRAIN_PG_DATA:-/var/lib/reftrain/pg-$(printf '%s' "$STATE" | sha256sum | head -c 12)}"
+else
+  PG_DATA="${REFTRAIN_PG_DATA:-$STATE/pg}"
+fi
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -38,21 +53,41 @@ pg_bin() {
   return 1
 }
 
-ensure_debian_packages() {
+missing_debian_packages() {
   local missing=()
   pg_bin >/dev/null || missing+=(postgresql)
   command -v kcat >/dev/null || missing+=(kcat)
   command -v mvn >/dev/null || missing+=(maven)
+  command -v openssl >/dev/null || missing+=(openssl)
   # Tools the test suite uses to check deploy/ without a Docker engine.
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v promtool >/dev/null || missing+=(prometheus)
-  [ ${#missing[@]} -eq 0 ] && return
-  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
-  log "installing Debian packages: ${missing[*]}"
+  echo "${missing[*]}"
+}
+
+ensure_debian_packages() {
+  local missing; missing="$(missing_debian_packages)"
+  if [ -z "$missing" ]; then log "Debian packages: all present"; return; fi
+  command -v apt-get >/dev/null || die "missing Debian packages ($missing) and no apt-get to install them"
+  # Said before it is done, so nobody is surprised by a package manager run.
+  log "will install from Debian's packages with apt-get: $missing"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+    || die "apt-get install $missing failed"
+  log "installed: $missing"
   # Debian's package starts a cluster of its own on 5432; we run ours on $PG_PORT and leave it be.
+}
+
+# A port taken by a process this stack did not start (another clone's stack, say) would make this
+# stack talk to someone else's broker or catalog: stop at once instead.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_port_free() {
+  local name="$1" port="$2"
+  if port_busy "$port"; then
+    die "port $port ($name) is already in use by another process (another clone's stack?); stop it, or move this stack with REFTRAIN_PORT_OFFSET=100"
+  fi
 }
 
 java_for_registry() {
@@ -67,7 +102,6 @@ java_for_registry() {
 }
 
 cmd_fetch() {
-  ensure_debian_packages
   if [ -f "$RUNTIME/apicurio/quarkus-run.jar" ] && [ -f "$RUNTIME/kafka-libs/.complete" ]; then return; fi
   log "fetching Apache Kafka and Apicurio Registry from Maven Central (once)"
   rm -rf "$RUNTIME"
@@ -78,20 +112,29 @@ cmd_fetch() {
 # --- PostgreSQL -------------------------------------------------------------------------------
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$PG_USER_OS" -- "$@"; else "$@"; fi; }
 
+pg_fail() {
+  die "PostgreSQL did not start ($1): $(tail -n 3 "$PG_DATA/server.log" 2>/dev/null | tr '\n' ' ')"
+}
+
 pg_up() {
-  local bin; bin="$(pg_bin)" || die "PostgreSQL not installed"
-  local data="$STATE/pg"
-  if [ ! -f "$data/PG_VERSION" ]; then
-    log "initialising PostgreSQL in $data"
-    mkdir -p "$data"
-    [ "$(id -u)" = 0 ] && chown -R "$PG_USER_OS" "$data"
-    chmod 700 "$data"
-    as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
+  local bin; bin="$(pg_bin)" || die "PostgreSQL is not installed (run 'make deps')"
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $PG_DATA"
+    mkdir -p "$PG_DATA" || die "cannot create $PG_DATA"
+    if [ "$(id -u)" = 0 ]; then
+      id "$PG_USER_OS" >/dev/null 2>&1 || die "OS user '$PG_USER_OS' for PostgreSQL does not exist (install postgresql: 'make deps')"
+      chown -R "$PG_USER_OS" "$PG_DATA"
+    fi
+    chmod 700 "$PG_DATA"
+    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >"$STATE/initdb.log" 2>&1 \
+      || die "PostgreSQL initdb failed in $PG_DATA: $(tail -n 2 "$STATE/initdb.log" | tr '\n' ' ')"
   fi
-  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return; fi
+  if as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then return; fi
+  check_port_free postgres "$PG_PORT"
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null 2>&1 \
+    || pg_fail "pg_ctl start"
   local db
   for db in reftrain registry; do
     if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
@@ -102,16 +145,18 @@ pg_up() {
 
 pg_down() {
   local bin; bin="$(pg_bin)" || return 0
-  [ -f "$STATE/pg/PG_VERSION" ] || return 0
-  if as_pg "$bin/pg_ctl" -D "$STATE/pg" status >/dev/null 2>&1; then
+  [ -f "$PG_DATA/PG_VERSION" ] || return 0
+  if as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
     log "stopping PostgreSQL"
-    as_pg "$bin/pg_ctl" -D "$STATE/pg" -m fast -w stop >/dev/null
+    as_pg "$bin/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
   fi
 }
 
 pg_status() {
   local bin; bin="$(pg_bin)" || { echo "postgres: not installed"; return 1; }
-  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then echo "postgres: up 127.0.0.1:$PG_PORT"; else echo "postgres: down"; return 1; fi
+  if as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1 && "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    echo "postgres: up 127.0.0.1:$PG_PORT (data $PG_DATA)"
+  else echo "postgres: down"; return 1; fi
 }
 
 # --- Kafka ------------------------------------------------------------------------------------
@@ -164,6 +209,7 @@ EOF
     java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | head -c 22)" \
       -c "$dir/server.properties" --standalone >/dev/null
   fi
+  check_port_free kafka "$KAFKA_PORT"; check_port_free "kafka controller" "$CONTROLLER_PORT"
   log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
   nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
   echo $! >"$pidf"
@@ -175,6 +221,7 @@ registry_up() {
   pid_alive "$pidf" && return
   mkdir -p "$dir"
   local java; java="$(java_for_registry)"
+  check_port_free registry "$REGISTRY_PORT"; check_port_free "registry management" "$REGISTRY_MGMT_PORT"
   log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (storage: PostgreSQL)"
   (cd "$RUNTIME/apicurio" && exec nohup "$java" -Xms128m -Xmx512m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
@@ -218,8 +265,11 @@ wait_ready() {
 }
 
 case "${1:-}" in
+  deps) ensure_debian_packages ;;
+  missing-deps) missing_debian_packages ;;
   fetch) cmd_fetch ;;
   up)
+    [ -z "$(missing_debian_packages)" ] || ensure_debian_packages
     cmd_fetch
     mkdir -p "$STATE/lake"
     pg_up
@@ -243,8 +293,8 @@ case "${1:-}" in
   env) export_env ;;
   reset)
     "$0" down
-    log "deleting $STATE"
-    rm -rf "$STATE"
+    log "deleting $STATE and $PG_DATA"
+    rm -rf "$STATE" "$PG_DATA"
     ;;
-  *) sed -n '2,15p' "$0"; exit 2 ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
