@@ -68,7 +68,7 @@ def _stack(repo: Path, env: dict[str, str], cmd: str, timeout: float = 300) -> s
                           timeout=timeout)
 
 
-def test_stack_starts_from_a_0700_clone_and_a_broken_one_stops_pytest_at_once(clone: tuple[Path, dict[str, str]]) -> None:
+def test_stack_starts_from_a_0700_clone_and_a_broken_one_stops_pytest(clone: tuple[Path, dict[str, str]]) -> None:
     repo, env = clone
     up = _stack(repo, env, "up")
     assert up.returncode == 0, up.stderr[-3000:]
