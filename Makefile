@@ -33,9 +33,11 @@ venv: $(VENV)/.installed ## create the virtualenv from the hashed lock file
 deps: ## install the Debian packages the stack and tests need (PostgreSQL, kcat, Maven, ...), saying which first
 	$(STACK) deps
 
-lock: venv ## re-resolve requirements.lock from pyproject.toml (pins) with hashes
-	$(UV) pip compile $(ROOT)/pyproject.toml --extra ml --extra report --extra dev --generate-hashes \
-	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(ROOT)/requirements.lock -q
+lock: venv ## re-resolve requirements.lock (from pyproject.toml's pins) and uv.lock.txt, with hashes
+	cd $(ROOT) && $(UV) pip compile pyproject.toml --extra ml --extra report --extra dev --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock -q
+	cd $(ROOT) && $(UV) pip compile deploy/local/uv.in --generate-hashes --python-version 3.11 \
+	  -o deploy/local/uv.lock.txt -q
 
 up: venv ## start the local stack (Kafka, Apicurio Registry, PostgreSQL); data kept in .local/
 	PYTHON=$(PY) $(STACK) up
@@ -49,13 +51,17 @@ status: ## is the local stack up?
 env: ## print the variables that point at the local stack
 	@$(STACK) env
 
+# Two pytest workers (xdist, one test file per worker): most tests wait on a broker or a service
+# process, so two workers on two cores nearly halve the wall time. The stack is started once, here,
+# before pytest (a stack that cannot start ends `make test` at once, with its one ERROR line).
+PYTEST_WORKERS ?= 2
 test: venv deps ## the suite against the real local stack (started and stopped here); long scenarios left out
 	PYTHON=$(PY) $(STACK) fetch
-	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
+	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: venv deps ## every test, the long scenarios too
 	PYTHON=$(PY) $(STACK) fetch
-	cd $(ROOT) && $(PY) -m pytest
+	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-unit: venv ## unit and contract tests only (no broker)
 	cd $(ROOT) && $(PY) -m pytest tests/unit tests/contract $(PYTEST_ARGS)

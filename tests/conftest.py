@@ -55,6 +55,10 @@ def stack() -> Iterator[dict[str, str]]:
         return
     was_up = subprocess.run([str(STACK), "status"], capture_output=True).returncode == 0
     if not was_up:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            # Parallel workers cannot share the ownership of a stack they start: `make test` starts
+            # it once before pytest (stack.sh with ...).
+            pytest.exit("no local stack is running: start it first (make up), or use make test", returncode=3)
         _start_stack_or_exit()
     env = _stack_env()
     os.environ.update(env)

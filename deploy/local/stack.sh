@@ -11,6 +11,8 @@
 #   deploy/local/stack.sh reset    down, then delete all data
 #
 #   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
+#   deploy/local/stack.sh with CMD  run CMD against the stack: start it first if it is down (a failed
+#                                   start ends here, exit 3, with its one ERROR line), stop it after
 #
 # State lives in $REFTRAIN_STACK_DIR (default .local/stack, git-ignored): topics, registered
 # schemas and the catalog survive `down && up`. PostgreSQL runs as the unprivileged `postgres` OS
@@ -291,6 +293,18 @@ case "${1:-}" in
     exit $rc
     ;;
   env) export_env ;;
+  with)
+    shift
+    started=0
+    if ! "$0" status >/dev/null 2>&1; then
+      "$0" up || { "$0" down >/dev/null 2>&1 || true; exit 3; }
+      started=1
+    fi
+    eval "$(export_env)"
+    set +e; "$@"; rc=$?; set -e
+    if [ "$started" = 1 ] && [ -z "${REFTRAIN_KEEP_STACK:-}" ]; then "$0" down || true; fi
+    exit "$rc"
+    ;;
   reset)
     "$0" down
     log "deleting $STATE and $PG_DATA"

@@ -13,7 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 
 def kafka_ready(bootstrap: str) -> bool:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    # log_level 0: the broker is expected to refuse connections while it starts; no log spam.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
     try:
         md = admin.list_topics(timeout=3)
         return len(md.brokers) > 0
