@@ -35,7 +35,7 @@ bars to confirm), so most of a ref's wait is for pivots that rarely come. A ref 
 record, indexed, one changelog key) for ``pw + H + S`` (H = min(hot retention, D); the CANDLE rule
 above as before), then moved into its series' ARCHIVE: refs grouped by data_range_end into buckets of
 ``archive_bucket_bars``, each bucket one changelog value holding the refs as compressed JSON
-(``{"n", "lo", "z"}``). A pivot joins the hot refs near it AND the archived ones (decoding the one or
+(``archive_value``). A pivot joins the hot refs near it AND the archived ones (decoding the one or
 two buckets its window touches); a ref is in exactly one of the two at any time, moved within one
 call, so no pair is joined twice and none is missed. Expiry from the archive follows the ref rule
 above exactly (per ref, not per bucket). Counting: an archived ref is still pending; it expires once.
@@ -67,9 +67,11 @@ State and changelog. Keys start with the series (so a compacted, series-keyed ch
 partitioned like the inputs): ``<series>|ref|<inference_id>`` -> ``{"ref": InferenceRef,
 "candle_joined": bool, "pivot_jobs": int}``, ``<series>|candle|<open_time>`` -> Candle,
 ``<series>|pivot|<pivot_id>`` -> Pivot, ``<series>|wm`` -> ``{"wm": int}``,
-``<series>|arch|<bucket_start>`` -> ``{"n": refs, "lo": min data_range_end, "z": base64(zlib(JSON
-list of RefState))}`` (a few KB); ``None`` deletes. Values
-are JSON-able and one record each (a few hundred bytes). Restore only needs the latest value per key
+``<series>|arch|<bucket_start>`` -> ``{"n": live refs, "lo": their min data_range_end, "cut": refs
+with data_range_end < cut have expired, "z": [base64(zlib(JSON list of RefState)), ...]}`` (one chunk
+per append, re-encoded as one when the next bucket starts; ~110 bytes per ref once complete), and
+the processor adds ``<series>|counts`` (processor.py); ``None`` deletes. Values are JSON-able and
+one record each (a few hundred bytes; an archive bucket a few KB). Restore only needs the latest value per key
 (order between keys does not matter), so log compaction is safe; after replaying the changes of
 calls 1..n, the engine is indistinguishable from the original after call n.
 """
@@ -181,14 +183,11 @@ def archive_key(series: str, bucket_start: int) -> str:
     return f"{series}|arch|{bucket_start}"
 
 
-ARCHIVE_MAX_CHUNKS = 8
-"""An archive bucket is appended to as compressed chunks (cheap: only the new refs are encoded) and
-re-encoded as one chunk once it holds more than this many (better compression, amortised)."""
-
-
-def _encode_chunk(entries: list[RefState]) -> str:
+def _encode_chunk(entries: list[RefState], level: int = 6) -> str:
+    """Compressed JSON of some archived refs. A bucket is appended to as chunks (only the new refs are
+    encoded, fast level 1) and re-encoded as one chunk (level 6) once a newer bucket starts."""
     raw = json.dumps(entries, separators=(",", ":"), allow_nan=False).encode()
-    return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+    return base64.b64encode(zlib.compress(raw, level)).decode("ascii")
 
 
 def _decode_chunk(chunk: str) -> list[RefState]:
@@ -693,17 +692,20 @@ class JoinEngine:
         for start, entries in sorted(to_archive.items()):
             old = s.archive.get(start)
             if old is None:
+                prev = s.archive_starts[-1] if s.archive_starts and s.archive_starts[-1] < start else None
                 value = archive_value(entries, start)
                 s.put_bucket(start, value, entries)
-            elif len(old["z"]) < ARCHIVE_MAX_CHUNKS:  # append a chunk: encode only the new refs
+                if prev is not None and len(s.archive[prev]["z"]) > 1:
+                    # the previous bucket is complete (up to late stragglers): one chunk, compressed well
+                    live = s.bucket_entries(prev)
+                    whole = archive_value(live, int(s.archive[prev]["cut"]))
+                    s.put_bucket(prev, whole, live)
+                    out.changes.append((archive_key(s.name, prev), _copy(whole)))
+            else:  # append a chunk: encode only the new refs
                 live = s.bucket_entries(start) + entries if s.expiring and s.expiring[0] == start else None
-                value = archive_value(entries, int(old["cut"]), [*old["z"], _encode_chunk(entries)])
+                value = archive_value(entries, int(old["cut"]), [*old["z"], _encode_chunk(entries, 1)])
                 value["n"] = int(old["n"]) + len(entries)
                 value["lo"] = min(int(old["lo"]), int(value["lo"]))
-                s.put_bucket(start, value, live)
-            else:  # consolidate into one chunk
-                live = s.bucket_entries(start) + entries
-                value = archive_value(live, int(old["cut"]))
                 s.put_bucket(start, value, live)
             out.changes.append((archive_key(s.name, start), _copy(value)))
         # Archived refs expire by the ref rule above, which for them is ``data_range_end + pw + D + S
