@@ -702,11 +702,11 @@ class JoinEngine:
                     s.put_bucket(prev, whole, live)
                     out.changes.append((archive_key(s.name, prev), _copy(whole)))
             else:  # append a chunk: encode only the new refs
-                live = s.bucket_entries(start) + entries if s.expiring and s.expiring[0] == start else None
+                cached = s.bucket_entries(start) + entries if s.expiring and s.expiring[0] == start else None
                 value = archive_value(entries, int(old["cut"]), [*old["z"], _encode_chunk(entries, 1)])
                 value["n"] = int(old["n"]) + len(entries)
                 value["lo"] = min(int(old["lo"]), int(value["lo"]))
-                s.put_bucket(start, value, live)
+                s.put_bucket(start, value, cached)
             out.changes.append((archive_key(s.name, start), _copy(value)))
         # Archived refs expire by the ref rule above, which for them is ``data_range_end + pw + D + S
         # < wm`` (their target candle was already due when they were archived): expiry moves a bucket's

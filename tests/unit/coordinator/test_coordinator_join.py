@@ -335,7 +335,8 @@ def check_accounting(res: Run, arrivals: Sequence[Item]) -> None:
         assert sum(c[f"{kind}.{o}"] for o in ARRIVAL_OUTCOMES) == n
     snap = engine.snapshot()
     pending = [v for k, v in snap.items() if parse_key(k)[1] == "ref"]
-    pending += [e for k, v in snap.items() if parse_key(k)[1] == "arch" for e in decode_archive(v)]
+    pending += [cast(dict[str, Any], e)
+                for k, v in snap.items() if parse_key(k)[1] == "arch" for e in decode_archive(v)]
     assert engine.pending_refs == len(pending)
     assert c["ref.accepted"] == c["ref.expired.joined"] + c["ref.expired.no_target_candle"] + len(pending)
     assert c["candle.accepted"] == c["candle.evicted"] + sum(1 for k in snap if parse_key(k)[1] == "candle")
