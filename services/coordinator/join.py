@@ -30,6 +30,16 @@ Retention (what keeps state bounded), with pw = pivot window, D = max confirmati
   emitted or ``wm > target_timestamp + S``. Reason ``joined`` if the CANDLE job was emitted,
   ``no_target_candle`` otherwise (its PIVOT job count is in the event).
 
+Archive (memory, not semantics). D is sized for the slowest pivots (level 4-5 take thousands of
+bars to confirm), so most of a ref's wait is for pivots that rarely come. A ref is kept HOT (a full
+record, indexed, one changelog key) for ``pw + H + S`` (H = min(hot retention, D); the CANDLE rule
+above as before), then moved into its series' ARCHIVE: refs grouped by data_range_end into buckets of
+``archive_bucket_bars``, each bucket one changelog value holding the refs as compressed JSON
+(``archive_value``). A pivot joins the hot refs near it AND the archived ones (decoding the one or
+two buckets its window touches); a ref is in exactly one of the two at any time, moved within one
+call, so no pair is joined twice and none is missed. Expiry from the archive follows the ref rule
+above exactly (per ref, not per bucket). Counting: an archived ref is still pending; it expires once.
+
 Guarantee (tested in tests/unit/coordinator with hypothesis). For ANY arrival order of the three
 inputs, across any number of series, with duplicates and conflicts, and with a restore from the
 changelog at any point:
@@ -56,16 +66,23 @@ ref.expired.* + pending refs.
 State and changelog. Keys start with the series (so a compacted, series-keyed changelog can be
 partitioned like the inputs): ``<series>|ref|<inference_id>`` -> ``{"ref": InferenceRef,
 "candle_joined": bool, "pivot_jobs": int}``, ``<series>|candle|<open_time>`` -> Candle,
-``<series>|pivot|<pivot_id>`` -> Pivot, ``<series>|wm`` -> ``{"wm": int}``; ``None`` deletes. Values
-are JSON-able and one record each (a few hundred bytes). Restore only needs the latest value per key
+``<series>|pivot|<pivot_id>`` -> Pivot, ``<series>|wm`` -> ``{"wm": int}``,
+``<series>|arch|<bucket_start>`` -> ``{"n": live refs, "lo": their min data_range_end, "cut": refs
+with data_range_end < cut have expired, "z": [base64(zlib(JSON list of RefState)), ...]}`` (one chunk
+per append, re-encoded as one when the next bucket starts; ~110 bytes per ref once complete), and
+the processor adds ``<series>|counts`` (processor.py); ``None`` deletes. Values are JSON-able and
+one record each (a few hundred bytes; an archive bucket a few KB). Restore only needs the latest value per key
 (order between keys does not matter), so log compaction is safe; after replaying the changes of
 calls 1..n, the engine is indistinguishable from the original after call n.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import heapq
+import json
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -162,13 +179,43 @@ def watermark_key(series: str) -> str:
     return f"{series}|wm"
 
 
+def archive_key(series: str, bucket_start: int) -> str:
+    return f"{series}|arch|{bucket_start}"
+
+
+def _encode_chunk(entries: list[RefState], level: int = 6) -> str:
+    """Compressed JSON of some archived refs. A bucket is appended to as chunks (only the new refs are
+    encoded, fast level 1) and re-encoded as one chunk (level 6) once a newer bucket starts."""
+    raw = json.dumps(entries, separators=(",", ":"), allow_nan=False).encode()
+    return base64.b64encode(zlib.compress(raw, level)).decode("ascii")
+
+
+def _decode_chunk(chunk: str) -> list[RefState]:
+    return cast(list[RefState], json.loads(zlib.decompress(base64.b64decode(chunk))))
+
+
+def archive_value(entries: list[RefState], cut: int, chunks: list[str] | None = None) -> StateValue:
+    """An archive bucket as a changelog value: ``z`` compressed JSON chunks (~90 bytes per ref, base64
+    included, against ~1 KB as a hot record), ``cut``: refs with data_range_end < cut have expired
+    (expiry only moves ``cut``, it does not re-encode), ``n``/``lo``: live refs and their min
+    data_range_end. ``chunks`` given: they already encode ``entries`` (plus expired ones)."""
+    return {"n": len(entries), "lo": min(e["ref"]["data_range_end"] for e in entries), "cut": cut,
+            "z": list(chunks) if chunks is not None else [_encode_chunk(entries)]}
+
+
+def decode_archive(value: StateValue) -> list[RefState]:
+    """The live refs of an archive bucket, in the order they were archived."""
+    cut = int(value["cut"])
+    return [e for chunk in value["z"] for e in _decode_chunk(chunk) if e["ref"]["data_range_end"] >= cut]
+
+
 def parse_key(key: str) -> tuple[str, str, str]:
-    """(series, kind, id) of a state key, kind in ref/candle/pivot/wm; ValueError if malformed."""
+    """(series, kind, id) of a state key, kind in ref/candle/pivot/arch/wm; ValueError if malformed."""
     if key.endswith("|wm"):
         series, kind, ident = key[: -len("|wm")], "wm", ""
     else:
         parts = key.rsplit("|", 2)
-        if len(parts) != 3 or parts[1] not in ("ref", "candle", "pivot") or not parts[2]:
+        if len(parts) != 3 or parts[1] not in ("ref", "candle", "pivot", "arch") or not parts[2]:
             raise ValueError(f"malformed coordinator state key {key!r}")
         series, kind, ident = parts
     split_series(series)
@@ -238,14 +285,65 @@ class _Series:
         self.ref_heap: list[tuple[int, str]] = []
         self.candle_heap: list[tuple[int, int]] = []
         self.pivot_heap: list[tuple[int, str]] = []
+        # Archive: bucket start -> encoded bucket (archive_value); starts kept sorted. The live refs of
+        # the oldest bucket are kept decoded (``expiring``): expiry then decodes nothing per candle.
+        self.archive: dict[int, StateValue] = {}
+        self.archive_starts: list[int] = []
+        self.archived_refs = 0
+        self.expiring: tuple[int, list[RefState]] | None = None
 
     # deadlines: the item leaves state once wm > deadline
     def ref_deadline(self, st: RefState) -> int:
+        """When a ref leaves the HOT state (to the archive when D > H, else for good)."""
+        r = st["ref"]
+        d = r["data_range_end"] + self.h.pivot_window + self.h.hot + self.h.max_lag
+        if not st["candle_joined"]:
+            d = max(d, r["target_timestamp"] + self.h.max_lag)
+        return d
+
+    def final_deadline(self, st: RefState) -> int:
+        """When a ref leaves state for good (the retention rule in the module docstring)."""
         r = st["ref"]
         d = r["data_range_end"] + self.h.pivot_window + self.h.max_confirmation + self.h.max_lag
         if not st["candle_joined"]:
             d = max(d, r["target_timestamp"] + self.h.max_lag)
         return d
+
+    def bucket_of(self, t: int) -> int:
+        return t - t % self.h.archive_bucket
+
+    def bucket_entries(self, start: int) -> list[RefState]:
+        """Live refs of a bucket (decoded, or from the expiry cache); the caller may mutate them."""
+        if self.expiring is not None and self.expiring[0] == start:
+            return self.expiring[1]
+        return decode_archive(self.archive[start])
+
+    def put_bucket(self, start: int, value: StateValue | None, entries: list[RefState] | None = None) -> None:
+        """Set (None: delete) a bucket; ``entries``: its live refs decoded, kept if it is the oldest."""
+        if self.expiring is not None and self.expiring[0] == start:
+            self.expiring = None
+        if value is not None and entries is not None and (not self.archive_starts or start <= self.archive_starts[0]):
+            self.expiring = (start, entries)
+        old = self.archive.pop(start, None)
+        if old is not None:
+            self.archived_refs -= int(old["n"])
+            if value is None:
+                del self.archive_starts[bisect.bisect_left(self.archive_starts, start)]
+        if value is not None:
+            if old is None:
+                bisect.insort(self.archive_starts, start)
+            self.archive[start] = value
+            self.archived_refs += int(value["n"])
+
+    def archive_near(self, t: int) -> list[int]:
+        """Starts of the archive buckets that may hold refs within the pivot window of ``t``."""
+        lo = bisect.bisect_left(self.archive_starts, self.bucket_of(t - self.h.pivot_window))
+        out: list[int] = []
+        for start in self.archive_starts[lo:]:
+            if start > t + self.h.pivot_window:
+                break
+            out.append(start)
+        return out
 
     def pivot_deadline(self, p: Pivot) -> int:
         return max(p["pivot_time"] + self.h.pivot_window, p["confirmed_at"]) + self.h.max_lag
@@ -421,6 +519,20 @@ class JoinEngine:
         p = cast(Pivot, _copy(pivot))
         s.put_pivot(p)
         out.changes.append((pivot_key(s.name, pid), _copy(p)))
+        for start in s.archive_near(pt):
+            # Refs past their hot retention: only pivots slower than H get here (levels 4-5 mostly).
+            entries = s.bucket_entries(start)
+            hit = False
+            for e in entries:
+                if abs(e["ref"]["data_range_end"] - pt) <= s.h.pivot_window:
+                    self._emit(out, _make_job(e["ref"], "PIVOT", None, p, now_ms))
+                    e["pivot_jobs"] += 1
+                    out.counts["pivot.archive_joins"] += 1
+                    hit = True
+            if hit:
+                value = archive_value(entries, int(s.archive[start]["cut"]))
+                s.put_bucket(start, value, entries)
+                out.changes.append((archive_key(s.name, start), _copy(value)))
         for iid in s.refs_near(pt):
             st = s.refs[iid]
             self._emit(out, _make_job(st["ref"], "PIVOT", None, p, now_ms))
@@ -437,6 +549,8 @@ class JoinEngine:
         s = self._series_of(*split_series(series))
         if kind == "wm":
             s.wm = None if value is None else int(value["wm"])
+        elif kind == "arch":
+            s.put_bucket(int(ident), None if value is None else _copy(value))
         elif kind == "ref":
             if value is None:
                 if ident in s.refs:
@@ -477,27 +591,33 @@ class JoinEngine:
                 snap[candle_key(name, ot)] = _copy(c)
             for pid, p in s.pivots.items():
                 snap[pivot_key(name, pid)] = _copy(p)
+            for start, bucket in s.archive.items():
+                snap[archive_key(name, start)] = _copy(bucket)
         return snap
 
     @property
     def pending_refs(self) -> int:
-        """Refs in state (waiting for a candle, a pivot, or their expiry)."""
-        return sum(len(s.refs) for s in self._series.values())
+        """Refs in state (waiting for a candle, a pivot, or their expiry), hot or archived."""
+        return sum(len(s.refs) + s.archived_refs for s in self._series.values())
 
     @property
     def state_size(self) -> int:
-        """Number of state keys (refs + candles + pivots + one watermark per series)."""
+        """Number of state keys (refs + candles + pivots + archive buckets + one watermark per series)."""
         return sum(
-            len(s.refs) + len(s.candles) + len(s.pivots) + (s.wm is not None) for s in self._series.values()
+            len(s.refs) + len(s.candles) + len(s.pivots) + len(s.archive) + (s.wm is not None)
+            for s in self._series.values()
         )
 
     def state_counts(self) -> dict[str, int]:
-        """State keys by kind, for a gauge per kind."""
+        """State by kind, for a gauge per kind: pending refs (hot + archived), candles, pivots, series,
+        archived refs and archive buckets."""
         return {
             "ref": self.pending_refs,
             "candle": sum(len(s.candles) for s in self._series.values()),
             "pivot": sum(len(s.pivots) for s in self._series.values()),
             "series": len(self._series),
+            "archived_ref": sum(s.archived_refs for s in self._series.values()),
+            "archive_bucket": sum(len(s.archive) for s in self._series.values()),
         }
 
     def series_names(self) -> list[str]:
@@ -559,21 +679,67 @@ class JoinEngine:
                 due_refs[iid] = deadline
             else:  # cannot happen (deadlines only shrink); keep the ref reachable anyway
                 heapq.heappush(s.ref_heap, (deadline, iid))
+        to_archive: dict[int, list[RefState]] = {}
         for deadline, iid in sorted((d, i) for i, d in due_refs.items()):
             st = s.drop_ref(iid)
-            reason = JOINED if st["candle_joined"] else NO_TARGET_CANDLE
             out.changes.append((ref_key(s.name, iid), None))
-            out.counts[f"ref.{EXPIRED}.{reason}"] += 1
-            out.events.append(
-                Event(
-                    "ref",
-                    EXPIRED,
-                    s.name,
-                    iid,
-                    reason,
-                    {"pivot_jobs": st["pivot_jobs"], "deadline": deadline, "watermark": wm},
-                )
+            final = s.final_deadline(st)
+            if final >= wm:  # D > H: late pivots may still come; keep it, compactly
+                to_archive.setdefault(s.bucket_of(st["ref"]["data_range_end"]), []).append(st)
+                out.counts["ref.archived"] += 1
+            else:
+                self._expire(s, out, st, deadline, wm)
+        for start, entries in sorted(to_archive.items()):
+            old = s.archive.get(start)
+            if old is None:
+                prev = s.archive_starts[-1] if s.archive_starts and s.archive_starts[-1] < start else None
+                value = archive_value(entries, start)
+                s.put_bucket(start, value, entries)
+                if prev is not None and len(s.archive[prev]["z"]) > 1:
+                    # the previous bucket is complete (up to late stragglers): one chunk, compressed well
+                    live = s.bucket_entries(prev)
+                    whole = archive_value(live, int(s.archive[prev]["cut"]))
+                    s.put_bucket(prev, whole, live)
+                    out.changes.append((archive_key(s.name, prev), _copy(whole)))
+            else:  # append a chunk: encode only the new refs
+                cached = s.bucket_entries(start) + entries if s.expiring and s.expiring[0] == start else None
+                value = archive_value(entries, int(old["cut"]), [*old["z"], _encode_chunk(entries, 1)])
+                value["n"] = int(old["n"]) + len(entries)
+                value["lo"] = min(int(old["lo"]), int(value["lo"]))
+                s.put_bucket(start, value, cached)
+            out.changes.append((archive_key(s.name, start), _copy(value)))
+        # Archived refs expire by the ref rule above, which for them is ``data_range_end + pw + D + S
+        # < wm`` (their target candle was already due when they were archived): expiry moves a bucket's
+        # ``cut``; ``lo`` (its earliest live data_range_end) says when to look.
+        threshold = wm - s.h.pivot_window - s.h.max_confirmation - s.h.max_lag  # live: dre >= threshold
+        for start in list(s.archive_starts):
+            bucket = s.archive[start]
+            if int(bucket["lo"]) >= threshold:
+                break  # later buckets start later
+            keep: list[RefState] = []
+            for e in s.bucket_entries(start):
+                if e["ref"]["data_range_end"] < threshold:
+                    self._expire(s, out, e, s.final_deadline(e), wm)
+                else:
+                    keep.append(e)
+            rest = archive_value(keep, threshold, bucket["z"]) if keep else None
+            s.put_bucket(start, rest, keep)
+            out.changes.append((archive_key(s.name, start), None if rest is None else _copy(rest)))
+
+    def _expire(self, s: _Series, out: Output, st: RefState, deadline: int, wm: int) -> None:
+        """A ref leaves state for good: count it by reason and report its pivot job count."""
+        reason = JOINED if st["candle_joined"] else NO_TARGET_CANDLE
+        out.counts[f"ref.{EXPIRED}.{reason}"] += 1
+        out.events.append(
+            Event(
+                "ref",
+                EXPIRED,
+                s.name,
+                st["ref"]["inference_id"],
+                reason,
+                {"pivot_jobs": st["pivot_jobs"], "deadline": deadline, "watermark": wm},
             )
+        )
 
     def _emit(self, out: Output, job: TrainingJob) -> None:
         out.jobs.append(job)

@@ -7,7 +7,10 @@ and the fault tests compare the coordinator's output with ``batch_join`` over th
 Rules (the data rules of DESIGN §6.5-6.7; nothing here depends on arrival order or time):
 
 * valid inputs only: a known timeframe; refs with target_timestamp > data_range_end; pivots with
-  0 <= confirmed_at - pivot_time <= D (max_pivot_confirmation_bars of their timeframe);
+  0 <= confirmed_at - pivot_time <= D (max_pivot_confirmation_bars of their timeframe, by default
+  30 days of bars: far above the slowest level-5 pivot measured, so a late pivot of any level joins);
+* nothing about memory: the engine's hot retention / archive split (hot_retention_bars) is not a
+  rule here, so a pivot confirmed after a ref left the engine's in-memory state must still join it;
 * per series, the first valid occurrence of each inference_id / candle open_time / pivot_id wins;
 * CANDLE job for each ref whose series has a candle at open_time == target_timestamp;
 * PIVOT job for each (ref, pivot) of the same series with |data_range_end - pivot_time| <= pivot window.

@@ -21,6 +21,12 @@ Outcomes of inputs that decode and validate (the platform dead-letters the rest)
 * an exception inside the engine or while emitting (a bug, not bad input) restarts the session
   (abort, restore from the changelog) instead of dead-lettering: the engine may have changed its
   in-memory state already, and dead-lettering would let it drift from the changelog.
+
+Counters are state (issue #15: reports and checks read them). Each series' engine counts are kept in
+one more changelog key, ``<series>|counts`` -> ``{"counts": {name: n}}``, written by ``end_batch`` in
+the same transaction as the work counted, restored in ``assigned``, and exported (metrics.COMMITTED)
+only after a commit. So a kill -9, an aborted transaction or a rebalance neither loses nor repeats a
+count: after any restart they equal what the topics hold.
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ KIND_OF_TOPIC: dict[str, str] = {INFERENCE_REFS: "ref", CANDLES: "candle", PIVOT
 
 LatencyObserver = Callable[[str, float], None]
 
+COUNTS_SUFFIX = "|counts"
+
+
+def counts_key(series: str) -> str:
+    """Changelog key of a series' committed counts (kept by the processor, not the engine)."""
+    return f"{series}{COUNTS_SUFFIX}"
+
 
 def record_event_time(record: Record) -> int:
     """Event time of a decoded input (join.event_time): what the alignment merges the topics by."""
@@ -73,8 +86,10 @@ class CoordinatorProcessor:
         self._pending_latency: list[tuple[str, int]] = []
         # partition -> state key -> latest value (None deletes) changed in the open transaction
         self._dirty: dict[int, dict[str, StateValue | None]] = {}
-        self._counters: dict[str, Any] = {}  # count name -> prometheus child (labels() is slow)
+        # partition -> series -> counts since the series began, this transaction's included
+        self._counts: dict[int, dict[str, Counter[str]]] = {}
         self.jobs_emitted = 0  # since start, committed or not (bench, tests)
+        self.work_counts: Counter[str] = Counter()  # engine counts since start, redone work included
         self.inputs_processed = 0
 
     # ------------------------------------------------------------------ Processor protocol
@@ -83,21 +98,30 @@ class CoordinatorProcessor:
         """Rebuild the partition's engine from its restored changelog. A key the engine cannot read
         raises: silently dropping state would break exactly-once, so the session fails loudly."""
         engine = JoinEngine(self.config)
+        counts: dict[str, Counter[str]] = {}
         for key, value in state.items():
-            engine.restore(key, value)
+            if key.endswith(COUNTS_SUFFIX):
+                counts[key[: -len(COUNTS_SUFFIX)]] = Counter(
+                    {str(k): int(v) for k, v in value["counts"].items()})
+            else:
+                engine.restore(key, value)
         self.engines[partition] = engine
+        self._counts[partition] = counts
         log.info("coordinator state restored", extra={
             "partition": partition, "keys": len(state), "pending_refs": engine.pending_refs,
             "series": engine.series_names()})
         self.update_gauges()
+        self.publish_counts()
 
     def revoked(self, partition: int) -> None:
         """Drop the engine; the changelog keeps its state for the next owner. Uncommitted latency
         samples are dropped too: a revocation ends the transaction they belonged to, or follows it."""
         self.engines.pop(partition, None)
+        self._counts.pop(partition, None)
         self._pending_latency.clear()
         self._dirty.pop(partition, None)
         self.update_gauges()
+        self.publish_counts()
 
     def process(self, record: Record, ctx: Context) -> None:
         engine = self.engines.get(record.partition)
@@ -124,6 +148,10 @@ class CoordinatorProcessor:
             dirty = self._dirty.setdefault(record.partition, {})
             for key, state_value in out.changes:
                 dirty[key] = state_value  # written by end_batch, once per key per transaction
+            if out.counts:
+                tally = self._counts.setdefault(record.partition, {}).setdefault(series, Counter())
+                tally.update(out.counts)
+                dirty[counts_key(series)] = {"counts": dict(sorted(tally.items()))}
         except (RestartSession, RegistryUnavailableError, KafkaException):
             raise
         except Exception as exc:
@@ -135,6 +163,7 @@ class CoordinatorProcessor:
             raise RestartSession(f"internal error on {record.topic}@{record.offset}: {exc!r}") from exc
         self.inputs_processed += 1
         self.jobs_emitted += len(out.jobs)
+        self.work_counts.update(out.counts)
         self._account(out)
 
     # ------------------------------------------------------------------ transaction hooks
@@ -168,6 +197,7 @@ class CoordinatorProcessor:
                     self._latency_observer(trigger, seconds)
             self._pending_latency.clear()
         self.update_gauges()
+        self.publish_counts()
 
     def batch_aborted(self) -> None:
         self._pending_latency.clear()
@@ -175,23 +205,17 @@ class CoordinatorProcessor:
 
     # ------------------------------------------------------------------ metrics
 
-    @staticmethod
-    def _children(name: str) -> list[Any]:
-        """The metric children an engine count (``<kind>.<outcome>``, ``job.<trigger>``,
-        ``ref.expired.<reason>``, ``<kind>.evicted``) increments."""
-        parts = name.split(".")
-        if parts[0] == "job":
-            return [metrics.JOBS_TOTAL.labels(parts[1])]
-        if len(parts) == 3 and parts[1] == EXPIRED:
-            return [metrics.EXPIRED_TOTAL.labels(parts[2])]
-        if len(parts) == 2 and parts[1] == "evicted":
-            return [metrics.EVICTED_TOTAL.labels(parts[0])]
-        if len(parts) == 2:
-            out = [metrics.INPUTS_TOTAL.labels(parts[0], parts[1])]
-            if parts[1] == "late":
-                out.append(metrics.LATE_INPUTS_TOTAL.labels(parts[0]))
-            return out
-        return []
+    def committed_counts(self) -> Counter[str]:
+        """The join counts of the series this instance owns. Exact (committed only) when called
+        between transactions: after a commit, or on (re)assignment."""
+        totals: Counter[str] = Counter()
+        for by_series in self._counts.values():
+            for tally in by_series.values():
+                totals.update(tally)
+        return totals
+
+    def publish_counts(self) -> None:
+        metrics.COMMITTED.publish(self, self.committed_counts())
 
     def update_gauges(self) -> None:
         totals: Counter[str] = Counter()
@@ -199,16 +223,10 @@ class CoordinatorProcessor:
             totals.update(engine.state_counts())
             totals["total"] += engine.state_size
         metrics.PENDING_REFS.set(totals["ref"])
-        for kind in ("ref", "candle", "pivot", "series", "total"):
+        for kind in ("ref", "candle", "pivot", "series", "archived_ref", "archive_bucket", "total"):
             metrics.STATE_SIZE.labels(kind).set(totals[kind])
 
     def _account(self, out: Output) -> None:
-        for name, n in out.counts.items():
-            children = self._counters.get(name)
-            if children is None:
-                children = self._counters[name] = self._children(name)
-            for child in children:
-                child.inc(n)
         for ev in out.events:
             if ev.outcome == EXPIRED:
                 log.debug("ref expired", extra=ev.as_dict())

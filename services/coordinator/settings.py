@@ -23,6 +23,7 @@ from reftrain import settings
 from reftrain.errors import ConfigError
 from reftrain.records import TIMEFRAME_MS
 from services.coordinator.config import (
+    DEFAULT_HOT_RETENTION_BARS,
     DEFAULT_MAX_LAG_BARS,
     DEFAULT_MAX_PIVOT_CONFIRMATION_BARS,
     DEFAULT_PIVOT_WINDOW_MS,
@@ -46,6 +47,10 @@ class CoordinatorSettings:
     #: S: an input whose event time is more than S bars behind its series' candle watermark is late.
     max_lag_bars: int = DEFAULT_MAX_LAG_BARS
     max_lag_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    #: H: of the D bars a ref waits for pivots, how many it waits as a full in-memory record; after
+    #: that it waits in the compact archive (memory and changelog size only, never the jobs).
+    hot_retention_bars: int = DEFAULT_HOT_RETENTION_BARS
+    hot_retention_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
     #: Messages per consume call (and at most per transaction).
     batch_size: int = 500
     #: How long one consume call waits to fill a batch: bounds the batching delay a live input sees
@@ -58,7 +63,7 @@ class CoordinatorSettings:
     align_max_buffered: int = 20_000
 
     def __post_init__(self) -> None:
-        for name in ("pivot_window_ms", "max_confirmation_bars", "max_lag_bars"):
+        for name in ("pivot_window_ms", "max_confirmation_bars", "max_lag_bars", "hot_retention_bars"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"COORDINATOR_{name.upper()} must be >= 0, got {getattr(self, name)}")
             overrides: Mapping[str, int] = getattr(self, f"{name}_by_timeframe")
@@ -88,6 +93,7 @@ class CoordinatorSettings:
             max_pivot_confirmation_bars=expand(self.max_confirmation_bars,
                                                self.max_confirmation_bars_by_timeframe),
             max_lag_bars=expand(self.max_lag_bars, self.max_lag_bars_by_timeframe),
+            hot_retention_bars=expand(self.hot_retention_bars, self.hot_retention_bars_by_timeframe),
         )
 
 

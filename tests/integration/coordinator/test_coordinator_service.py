@@ -48,9 +48,15 @@ ETH = "ETHUSDT-1m-2025-09-22_2025-09-25.csv"  # key ETHUSDT:1m -> partition 3 as
 LTC = "LTCUSD-1m-2018-04-05_2018-04-06.csv"  # key LTCUSD:1m -> partition 0
 MAX_LAG_BARS = 30  # S, deliberately tight (module docstring)
 MAX_CONFIRMATION_BARS = 200  # D: > the slowest confirmation in these data (136 bars), so refs expire in-test
-SETTINGS = CoordinatorSettings(max_lag_bars=MAX_LAG_BARS, max_confirmation_bars=MAX_CONFIRMATION_BARS)
+# H: refs are hot (in memory, one changelog key each) for pw + H + S = 55 bars, then archived until
+# pw + D + S; pivots slower than that (level-2/3 ones here) join refs from the archive, so these tests
+# also prove the archive across kill -9 and rebalances. H changes memory only: the oracle ignores it.
+HOT_RETENTION_BARS = 20
+SETTINGS = CoordinatorSettings(max_lag_bars=MAX_LAG_BARS, max_confirmation_bars=MAX_CONFIRMATION_BARS,
+                               hot_retention_bars=HOT_RETENTION_BARS)
 COORDINATOR_ENV = {"COORDINATOR_MAX_LAG_BARS": str(MAX_LAG_BARS),
-                   "COORDINATOR_MAX_CONFIRMATION_BARS": str(MAX_CONFIRMATION_BARS), "LOG_LEVEL": "INFO"}
+                   "COORDINATOR_MAX_CONFIRMATION_BARS": str(MAX_CONFIRMATION_BARS),
+                   "COORDINATOR_HOT_RETENTION_BARS": str(HOT_RETENTION_BARS), "LOG_LEVEL": "INFO"}
 
 RawEvent = tuple[str, str, Any]  # (logical topic, key, value dict | raw bytes)
 
@@ -251,6 +257,51 @@ def assert_exactly_oracle(jobs: list[dict[str, Any]], expected: dict[str, Traini
         assert j["created_at"] > 1_700_000_000_000  # stamped with the wall clock at emission
 
 
+def wait_counted(c: Coordinator, inputs: int, timeout: float = 60.0) -> dict[str, float]:
+    """Metrics once the coordinator has committed the outcome of ``inputs`` inputs."""
+    deadline = time.monotonic() + timeout
+    m = c.metrics()
+    while metric(m, "reftrain_coordinator_inputs_total") < inputs and time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = c.metrics()
+    return m
+
+
+def assert_counters_match_topics(m: dict[str, float], series: Sequence[Series],
+                                 expected: dict[str, TrainingJob]) -> None:
+    """The report's checks (ops/analysis.py coverage): the coordinator's counters equal the topics'."""
+    got = {
+        "inputs": metric(m, "reftrain_coordinator_inputs_total"),
+        "refs accepted": metric(m, "reftrain_coordinator_inputs_total", kind="ref", outcome="accepted"),
+        "candles accepted": metric(m, "reftrain_coordinator_inputs_total", kind="candle", outcome="accepted"),
+        "pivots accepted": metric(m, "reftrain_coordinator_inputs_total", kind="pivot", outcome="accepted"),
+        "CANDLE jobs": metric(m, "reftrain_coordinator_jobs_total", trigger="CANDLE"),
+        "PIVOT jobs": metric(m, "reftrain_coordinator_jobs_total", trigger="PIVOT"),
+        "expired joined": metric(m, "reftrain_coordinator_expired_total", reason="joined"),
+        "expired no_target_candle": metric(m, "reftrain_coordinator_expired_total", reason="no_target_candle"),
+    }
+    # Recomputed from the topics with the retention rule (join.py), wm = the series' last candle.
+    h = SETTINGS.join_config().horizons("1m")
+    candle_jobs = {j["ref"]["inference_id"] for j in expected.values() if j["trigger"] == "CANDLE"}
+    gone = [(r, s.candles[-1]["open_time"]) for s in series for r in s.refs
+            if s.candles[-1]["open_time"] > r["data_range_end"] + h.pivot_window + h.max_confirmation + h.max_lag]
+    want = {
+        "inputs": sum(len(s.events) for s in series),
+        "refs accepted": sum(len(s.refs) for s in series),
+        "candles accepted": sum(len(s.candles) for s in series),
+        "pivots accepted": sum(p["confirmed_at"] - p["pivot_time"] <= h.max_confirmation
+                               for s in series for p in s.pivots),
+        "CANDLE jobs": len(candle_jobs),
+        "PIVOT jobs": len(expected) - len(candle_jobs),
+        "expired joined": sum(r["inference_id"] in candle_jobs for r, _ in gone),
+        "expired no_target_candle": sum(r["inference_id"] not in candle_jobs and wm > r["target_timestamp"] + h.max_lag
+                                        for r, wm in gone),
+    }
+    assert got == want
+    pending = metric(m, "reftrain_coordinator_pending_refs")
+    assert got["refs accepted"] == got["expired joined"] + got["expired no_target_candle"] + pending
+
+
 @pytest.fixture
 def coordinators(platform_env: dict[str, str], tmp_path: Path) -> Iterator[list[Coordinator]]:
     started: list[Coordinator] = []
@@ -318,6 +369,7 @@ def test_backlog_replay_equals_batch_join_and_bad_input_has_outcomes(
     assert metric(m, "reftrain_dlq_total", service="coordinator", reason="high_below_low") == 1
     assert metric(m, "reftrain_dlq_total", service="coordinator") == 3
     assert metric(m, "reftrain_coordinator_expired_total", reason="joined") > 0
+    assert metric(m, "reftrain_coordinator_archive_total", event="pivot_joins") > 0  # slow pivots, via the archive
     # pending refs are bounded by the retention: at most (pw + D + S) bars of refs per series remain
     pending = metric(m, "reftrain_coordinator_pending_refs")
     assert 0 < pending <= 2 * (5 + MAX_CONFIRMATION_BARS + MAX_LAG_BARS + 2)
@@ -370,6 +422,10 @@ def test_kill9_at_random_points_while_producing_every_job_exactly_once(
 
     wait_for_jobs(platform, len(expected))
     assert metric(c.metrics(), "reftrain_coordinator_late_inputs_total") == 0
+    # Issue #15 item 5: the join counters are restored with the state, so after three kill -9s they
+    # count every input exactly once, as the topics do (before: they restarted from zero).
+    m = wait_counted(c, len(btc.events))
+    assert_counters_match_topics(m, [btc], expected)
     assert c.stop() == 0
     assert_exactly_oracle(read_jobs(platform), expected)
     changelog = TopicCatalogue(platform).changelog(group_id(platform.topic_prefix),
@@ -421,5 +477,7 @@ def test_two_instances_rebalance_and_kill_one_every_job_exactly_once(
     m = b.metrics()
     assert inputs_a > 0 and metric(m, "reftrain_coordinator_inputs_total") > 0  # both did work
     assert metric(m, "reftrain_coordinator_late_inputs_total") == 0
+    # B now owns both series: its counters include A's committed work, restored with A's state.
+    assert_counters_match_topics(wait_counted(b, len(btc.events) + len(ltc.events)), [btc, ltc], expected)
     assert b.stop() == 0
     assert_exactly_oracle(read_jobs(platform), expected)
