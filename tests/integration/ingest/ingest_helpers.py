@@ -59,7 +59,7 @@ def as_parquet(src: Path, out_dir: Path) -> Path:
 
     symbol, tf = src.name.split("-")[:2]
     out = out_dir / f"{symbol}-{tf}-simple.parquet"
-    df = pd.read_csv(src, dtype={"open_time_ms": "int64", "trades": "Int64"}, float_precision="round_trip")
+    df = pd.read_csv(src, dtype={"open_time_ms": "int64", "trades": "Int64"})  # pandas 3: round-trip floats by default
     con = duckdb.connect()
     con.register("df", df)
     con.execute(f"COPY df TO '{out}' (FORMAT parquet)")
@@ -200,13 +200,18 @@ def start_ingest(env: dict[str, str], extra: dict[str, str], log_path: Path, por
 
 def run_in_terminal(env: dict[str, str], extra: dict[str, str], port: int, timeout: float) -> tuple[int, str]:
     """Run the service with stdout/stderr on a pseudo-terminal (as a person at a shell would)."""
+    import fcntl
     import pty
     import select
+    import struct
     import sys
+    import termios
 
     from tests.support import REPO
 
     master, slave = pty.openpty()
+    # A person's terminal has a size; a bare pty is 0x0, and tqdm (>= 4.70) draws nothing in 0 columns.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     e = {**env, "HTTP_PORT": str(port), "HTTP_HOST": "127.0.0.1", "INGEST_SMA": "20", "INGEST_EMA": "20", **extra}
     proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=e, cwd=REPO, stdout=slave,
                             stderr=slave, stdin=subprocess.DEVNULL)
