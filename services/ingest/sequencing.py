@@ -42,7 +42,7 @@ import bisect
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from reftrain.errors import InvalidRecordError
@@ -56,7 +56,7 @@ DUPLICATE_UNVERIFIED = "duplicate_unverified"
 OUT_OF_ORDER = "out_of_order"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     ACCEPT = "accept"
     DUPLICATE = "duplicate"
     OUT_OF_ORDER = "out_of_order"
