@@ -64,6 +64,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from deploy.init import init_cluster
 from ops.kafkaview import KafkaView, Msg, read_messages, read_topic
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_raise
 from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
@@ -457,7 +458,7 @@ class Campaign:
         for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
             self.base_env.pop(k, None)
         self.probe = KafkaView(self.platform, timeout=5.0)
-        TopicCatalogue(self.platform).ensure(self.probe.admin)
+        init_cluster.prepare(self.platform, self.probe.admin)  # topics + schemas (services never register)
         self.code = snapshot_code(self.out / "code")
         self.git = _git_state()
         self._prepare_chunks()

@@ -47,6 +47,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from deploy.init import init_cluster
 from ops import report as report_mod
 from ops.kafkaview import KafkaView
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
@@ -341,7 +342,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
                 "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             })
             view = KafkaView(platform)
-            TopicCatalogue(platform).ensure(view.admin)
+            init_cluster.prepare(platform, view.admin)  # topics + BACKWARD_TRANSITIVE schemas, as in compose
             port = config.base_port
             for st in STAGES:
                 if not stages_run[st.name]:

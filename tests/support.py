@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain.records import Candle
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.streams import Serdes, consumer_config, producer_config
 from reftrain.topics import TopicCatalogue
 
@@ -50,8 +50,16 @@ def real_candles(file: str, symbol: str | None = None, timeframe: str | None = N
 
 def ensure_topics(platform: PlatformSettings) -> TopicCatalogue:
     cat = TopicCatalogue(platform)
-    cat.ensure(AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers}))
+    cat.ensure(AdminClient(kafka_client_config(platform)))
     return cat
+
+
+def register_schemas(platform: PlatformSettings) -> None:
+    """The init job's schema step for this prefix (BACKWARD_TRANSITIVE + the current schemas)."""
+    from deploy.init.init_cluster import register_schemas as init_register
+    from reftrain.serde import registry_client
+
+    init_register(platform, registry_client(platform), "BACKWARD_TRANSITIVE", check_only=False)
 
 
 def produce_records(platform: PlatformSettings, logical: str, records: Iterable[tuple[str, dict[str, Any]]]) -> int:
