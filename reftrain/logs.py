@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 
-from reftrain.redact import redact_text
+from reftrain.redact import redact_text, redact_value
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -27,14 +27,15 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STD and not key.startswith("_"):
-                out[key] = value
+                out[key] = redact_value(value if isinstance(value, (str, int, float, bool, type(None), dict, list))
+                                        else str(value))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return redact_text(json.dumps(out, default=str))
+            out["exc"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(out, default=lambda v: redact_text(str(v)))
 
 
 class RedactingFormatter(logging.Formatter):
