@@ -46,7 +46,7 @@ def test_every_kafka_client_gets_the_passthrough_and_env_wins_over_file(tmp_path
 def test_passthrough_may_not_override_identity_settings(tmp_path: Path) -> None:
     props = tmp_path / "c.properties"
     props.write_text("bootstrap.servers=elsewhere:9092\n")
-    with pytest.raises(ConfigError, match="bootstrap.servers"):
+    with pytest.raises(ConfigError, match=r"bootstrap\.servers"):
         settings.kafka_client_config(settings.platform({"KAFKA_CONFIG_FILE": str(props)}))
     with pytest.raises(ConfigError, match="cannot be read"):
         settings.kafka_client_config(settings.platform({"KAFKA_CONFIG_FILE": str(tmp_path / "missing")}))
