@@ -54,6 +54,7 @@ from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals
 from ops.progress import Monitor, ProgressView
 from ops.stages import BY_NAME, REPO, STACK, STAGES, Stage
 from reftrain import settings as settings_mod
+from reftrain.redact import redact_value
 from reftrain.settings import PlatformSettings
 from reftrain.topics import TopicCatalogue
 
@@ -565,7 +566,7 @@ def _write_run_json(run_dir: Path, run_id: str, platform: PlatformSettings, extr
     """What ``python -m ops.report --run <dir>`` needs to rebuild the report later."""
     stages = stages or [report_mod.StageStatus(s.name, stages_run[s.name]) for s in STAGES]
     (run_dir / "run.json").write_text(json.dumps({
-        "run_id": run_id, "platform": asdict(platform), "env": extra, "summary": summary,
+        "run_id": run_id, "platform": platform.public(), "env": extra, "summary": redact_value(summary),
         "stages": [asdict(s) for s in stages],
         "pids": {p.instance: p.pid for p in procs},
         "all_pids": {p.instance: p.all_pids for p in procs},
@@ -591,7 +592,7 @@ def cleanup_run(run_dir: Path) -> None:
     """Delete what a finished run left on the stack (topics, catalog database, store folder), from
     its run.json; the report folder itself is kept."""
     meta = json.loads((run_dir / "run.json").read_text())
-    _cleanup(PlatformSettings(**meta["platform"]))
+    _cleanup(settings_mod.from_public(meta["platform"]))
 
 
 def _cleanup(platform: PlatformSettings) -> None:

@@ -276,3 +276,32 @@ def catalog_password(settings: PlatformSettings) -> str | None:
     if not settings.store_catalog_password_file:
         return None
     return _secret_file(settings.store_catalog_password_file, "STORE_CATALOG_PASSWORD_FILE")
+
+
+def _conninfo_password(catalog: str) -> str | None:
+    import re
+
+    m = re.search(r"""\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)""", catalog)
+    return m.group(0) if m else None
+
+
+def from_public(public: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PlatformSettings:
+    """Settings rebuilt from ``PlatformSettings.public()`` (run.json): redacted secrets come back
+    from the CURRENT environment (STORE_CATALOG's password, KAFKA_*, registry credentials), never
+    from the file. Without them the catalog is reached with libpq's own PGPASSFILE/PGPASSWORD or
+    STORE_CATALOG_PASSWORD_FILE."""
+    now = platform(environ)
+    values = {f.name: public[f.name] for f in dataclasses.fields(PlatformSettings) if f.name in public}
+    values["kafka_client"] = now.kafka_client
+    for name in ("schema_registry_basic_auth", "schema_registry_token"):
+        if values.get(name) == REDACTED:
+            values[name] = getattr(now, name)
+    if REDACTED in str(values.get("schema_registry_url", "")):
+        values["schema_registry_url"] = now.schema_registry_url
+    catalog = str(values.get("store_catalog", ""))
+    secret = _conninfo_password(catalog)
+    if secret is not None and REDACTED in secret:
+        catalog = " ".join(catalog.replace(secret, "").split())
+        current = _conninfo_password(now.store_catalog)
+        values["store_catalog"] = f"{catalog} {current}" if current else catalog
+    return PlatformSettings(**values)
