@@ -633,3 +633,31 @@ def test_schema_bomb_is_dead_lettered_within_a_second(
     pivots.assert_healthy()
     assert_no_aborts(pivots)
     assert dlq_counter(pivots, CANDLES) == Counter({"UnshippedSchemaError": 1})
+
+
+def test_ingest_limits_overlong_line_and_too_many_series_are_quarantined(
+        platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
+    """Real files with one synthetic property each: a 1 MB line in BTCUSDT's file, and a second
+    series (ETHUSDT) beyond INGEST_MAX_SERIES=1. Both quarantined with a reason and counted; the
+    good BTCUSDT rows are all published."""
+    from tests.support import DATA
+
+    header, *rows = (DATA / BTC_FILE).read_text().splitlines()[:41]
+    btc = tmp_path / BTC_FILE
+    btc.write_text("\n".join([header, *rows[:20], "1" * 1_000_000, *rows[20:]]) + "\n")
+    eth_header, *eth_rows = (DATA / ETH_FILE).read_text().splitlines()[:4]
+    eth = tmp_path / ETH_FILE
+    eth.write_text("\n".join([eth_header, *eth_rows]) + "\n")
+    ingest = start(services, "ingest", dict(platform_env), tmp_path, INGEST_FILES=f"{btc},{eth}", INGEST_DERIVE="",
+                   INGEST_EXIT_WHEN_DONE="false", INGEST_PROGRESS="off", INGEST_MAX_SERIES="1")
+    wait_for(lambda: ingest.metrics().total("reftrain_ingest_replay_complete") == 1, STARTUP_S,
+             "the replay to finish", [ingest])
+    dlq = read_dlq(platform, TopicCatalogue(platform).dlq(CANDLES))
+    reasons = Counter(e.headers["error.reason"] for e in dlq)
+    assert reasons == Counter({"line_too_long": 1, "too_many_series": len(eth_rows)}), reasons
+    assert all(len(e.value or b"") < 20_000 for e in dlq)  # the DLQ copy holds the line's start only
+    assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="line_too_long") == 1
+    assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="too_many_series") == len(eth_rows)
+    published = collect(platform, stages_run={"ingest": True}, read_store=False).messages[CANDLES]
+    assert len(published) == len(rows) and {m.key for m in published} == {BTC}
+    ingest.assert_healthy()

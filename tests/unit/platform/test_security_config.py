@@ -131,3 +131,25 @@ def test_catalog_password_is_escaped_into_the_attach(tmp_path: Path) -> None:
 def test_http_endpoints_bind_loopback_by_default() -> None:
     assert settings.platform({}).http_host == "127.0.0.1"
     assert settings.platform({"HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"
+
+
+def test_metrics_endpoint_drops_a_silent_client_and_keeps_serving() -> None:
+    import socket
+    import time
+    import urllib.request
+
+    from reftrain.observability import Health, serve_http
+
+    server = serve_http(Health("t"), "127.0.0.1", 0, timeout_s=0.5)
+    try:
+        port = server.server_port
+        silent = socket.create_connection(("127.0.0.1", port))  # connects, never sends a request
+        t0 = time.monotonic()
+        silent.settimeout(5)
+        assert silent.recv(1) == b""  # the server closed it after its timeout
+        assert time.monotonic() - t0 < 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
