@@ -46,6 +46,11 @@ class KafkaBoundaryError(ReftrainError):
     """librdkafka reported an error we cannot handle in place (wraps KafkaError)."""
 
 
+class KafkaAuthError(KafkaBoundaryError):
+    """The broker refused this client's credentials (SASL/TLS). Services keep running, not ready,
+    and retry with back-off: a rotated secret is picked up at the next try."""
+
+
 class StoreError(ReftrainError):
     """The DuckLake store failed (catalog unavailable, conflict retries exhausted, ...)."""
 

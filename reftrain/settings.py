@@ -237,6 +237,9 @@ def kafka_client_config(settings: PlatformSettings) -> dict[str, Any]:
         raise ConfigError(f"Kafka client passthrough may not set {bad}: use KAFKA_BOOTSTRAP_SERVERS / "
                           f"the service's own settings")
     conf["bootstrap.servers"] = settings.kafka_bootstrap_servers
+    from reftrain import kafka_errors  # late: settings stays importable without confluent_kafka
+
+    conf["error_cb"] = kafka_errors.on_error  # a refused credential is logged clearly, once a minute
     return conf
 
 

@@ -41,7 +41,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
-from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.errors import DecodeError, InvalidRecordError, KafkaAuthError, KafkaBoundaryError
 from reftrain.failpoint import Failpoint
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde, RegistryUnavailableError, registry_client
@@ -360,7 +360,8 @@ class StreamApp:
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event, health: obs.Health) -> None:
-        self.ensure_topics()
+        # refused credentials: stay up (not ready) and retry, no crash loop (reftrain.kafka_errors)
+        restart_on((KafkaAuthError,), self.ensure_topics, service=self.service, stop=stop, health=health)
         restart_on((RestartSession,), lambda: self._session(stop, health), service=self.service, stop=stop,
                    health=health)
 

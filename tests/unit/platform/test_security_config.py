@@ -34,6 +34,7 @@ def _sasl_env(tmp_path: Path) -> dict[str, str]:
 def test_every_kafka_client_gets_the_passthrough_and_env_wins_over_file(tmp_path: Path) -> None:
     p = settings.platform(_sasl_env(tmp_path))
     base = settings.kafka_client_config(p)
+    assert callable(base.pop("error_cb"))
     assert base == {"bootstrap.servers": "b:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                     "sasl.username": "svc", "sasl.password": SECRET, "ssl.ca.location": "/etc/ca.pem",
                     "ssl.endpoint.identification.algorithm": "https"}
