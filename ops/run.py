@@ -151,7 +151,9 @@ def external_stack() -> dict[str, str] | None:
     """The platform env when KAFKA_BOOTSTRAP_SERVERS/SCHEMA_REGISTRY_URL point at a stack (used as is)."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"):
         keys = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH")
-        return {k: os.environ[k] for k in keys if k in os.environ}
+        # + the client security settings (KAFKA_CONFIG_FILE, KAFKA_SASL_*, SCHEMA_REGISTRY_*: docs/security.md)
+        return {k: v for k, v in os.environ.items()
+                if k in keys or k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "STORE_CATALOG_"))}
     return None
 
 

@@ -109,9 +109,11 @@ def test_wrong_password_is_refused_clearly_without_a_crash_loop(
 
 
 def test_make_run_loop_through_sasl_ssl(stack: dict[str, str], sasl_env: dict[str, str], tmp_path: Path) -> None:
-    """The whole loop (ops.run: ingest, pivots, inference, coordinator, a trainer, model versions
-    back to inference) with Kafka only reachable through SASL_SSL: the report's exactly-once and
-    DLQ checks pass and model versions advance. Real candles, a 20-candle inference window."""
+    """The whole loop (ops.run: ingest, pivots, inference, coordinator, a trainer publishing model
+    versions, inference subscribed to them) with Kafka only reachable through SASL_SSL: the report's
+    exactly-once and DLQ checks pass and model versions advance; no password in anything the run
+    wrote. Real candles, a 20-candle inference window, unpaced (so every ref is made by v0: the
+    hot reload itself is tests/e2e's, on a paced run)."""
     import json
 
     run_id = f"sasl-{time.time_ns() % 10**8}"
@@ -121,6 +123,7 @@ def test_make_run_loop_through_sasl_ssl(stack: dict[str, str], sasl_env: dict[st
          "--speed", "0", "--trainers", "1", "--no-progress", "--no-plots", "--idle", "8", "--timeout", "400",
          "--cleanup", "--env", "INFERENCE_WINDOW=20", "--env", "TRAINER_CHECKPOINT_JOBS=32", "--env",
          "TRAINER_CHECKPOINT_SECONDS=5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert (tmp_path / run_id / "report.json").exists(), (res.stdout + res.stderr)[-4000:]
     report = json.loads((tmp_path / run_id / "report.json").read_text())
     checks = {c["name"]: c["status"] for c in report["checks"]}
     assert checks.get("exactly-once: job ids == oracle batch_join") == "pass", (checks, res.stdout[-3000:])
