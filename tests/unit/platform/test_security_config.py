@@ -154,3 +154,17 @@ def test_metrics_endpoint_drops_a_silent_client_and_keeps_serving() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_run_json_settings_come_back_with_secrets_from_the_current_environment() -> None:
+    env = {"STORE_CATALOG": f"postgres:dbname=run_x host=h user=u password='{SECRET}'",
+           "KAFKA_SASL_PASSWORD": SECRET, "SCHEMA_REGISTRY_TOKEN": SECRET, "TOPIC_PREFIX": "run-1-"}
+    saved = json.loads(json.dumps(settings.platform(env).public()))  # what run.json holds
+    assert SECRET not in json.dumps(saved)
+    later = settings.from_public(saved, {"STORE_CATALOG": f"postgres:dbname=reftrain password={SECRET}",
+                                         "KAFKA_SASL_PASSWORD": SECRET, "SCHEMA_REGISTRY_TOKEN": SECRET})
+    assert later.store_catalog == f"postgres:dbname=run_x host=h user=u password={SECRET}"
+    assert dict(later.kafka_client)["sasl.password"] == SECRET and later.schema_registry_token == SECRET
+    assert later.topic_prefix == "run-1-"
+    # without the secret in the environment the catalog string simply has no password (PGPASSFILE)
+    assert settings.from_public(saved, {}).store_catalog == "postgres:dbname=run_x host=h user=u"
