@@ -71,6 +71,7 @@ from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
 from ops.stages import BY_NAME, REPO, STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.records import series_key
+from reftrain.redact import redact_text
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes, producer_config
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, TopicCatalogue
@@ -1193,7 +1194,7 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     }
     inj = [{**asdict(j), "recovery_s": j.recovery_s} for j in c.injections]
     meta = {"size": asdict(c.size), "seed": c.seed, "topic_prefix": platform.topic_prefix, "git": c.git,
-            "catalog": platform.store_catalog, "chunks_fed": c.next_chunk,
+            "catalog": redact_text(platform.store_catalog), "chunks_fed": c.next_chunk,
             "candles_fed": {s: len(v) for s, v in fed.items()},
             "started": datetime.fromtimestamp(c.t0, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "duration_s": round(time.time() - c.t0, 1), "exits": [asdict(e) for e in c.exits],
