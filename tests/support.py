@@ -55,11 +55,21 @@ def ensure_topics(platform: PlatformSettings) -> TopicCatalogue:
 
 
 def register_schemas(platform: PlatformSettings) -> None:
-    """The init job's schema step for this prefix (BACKWARD_TRANSITIVE + the current schemas)."""
+    """The init job's schema step for this prefix (BACKWARD_TRANSITIVE + the current schemas), one
+    subject per thread: every test that uses the ``platform`` fixture pays for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from deploy.init.init_cluster import register_schemas as init_register
     from reftrain.serde import registry_client
+    from reftrain.topics import RECORD_OF_TOPIC
 
-    init_register(platform, registry_client(platform), "BACKWARD_TRANSITIVE", check_only=False)
+    client = registry_client(platform)
+
+    def one(logical: str) -> None:
+        init_register(platform, client, "BACKWARD_TRANSITIVE", check_only=False, only=(logical,))
+
+    with ThreadPoolExecutor(len(RECORD_OF_TOPIC)) as pool:
+        list(pool.map(one, RECORD_OF_TOPIC))
 
 
 def produce_records(platform: PlatformSettings, logical: str, records: Iterable[tuple[str, dict[str, Any]]]) -> int:

@@ -137,10 +137,13 @@ def ensure_topics(platform: PlatformSettings, admin: AdminClient, check_only: bo
 
 
 def register_schemas(platform: PlatformSettings, client: SchemaRegistryClient, compatibility: str,
-                     check_only: bool) -> list[dict[str, Any]]:
+                     check_only: bool, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """``only``: these logical topics (default: all)."""
     catalogue = TopicCatalogue(platform)
     out = []
     for logical, record in RECORD_OF_TOPIC.items():
+        if only is not None and logical not in only:
+            continue
         subject = subject_of(catalogue.name(logical))
         schema = Schema(schemas.schema_json(record), "AVRO")
         if check_only:
