@@ -64,12 +64,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from deploy.init import init_cluster
 from ops.kafkaview import KafkaView, Msg, read_messages, read_topic
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_raise
 from ops.run import DEFAULT_FILES, drop_catalog, fresh_catalog, service_env
 from ops.stages import BY_NAME, REPO, STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.records import series_key
+from reftrain.redact import redact_text
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes, producer_config
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, TopicCatalogue
@@ -457,7 +459,7 @@ class Campaign:
         for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
             self.base_env.pop(k, None)
         self.probe = KafkaView(self.platform, timeout=5.0)
-        TopicCatalogue(self.platform).ensure(self.probe.admin)
+        init_cluster.prepare(self.platform, self.probe.admin)  # topics + schemas (services never register)
         self.code = snapshot_code(self.out / "code")
         self.git = _git_state()
         self._prepare_chunks()
@@ -1192,7 +1194,7 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     }
     inj = [{**asdict(j), "recovery_s": j.recovery_s} for j in c.injections]
     meta = {"size": asdict(c.size), "seed": c.seed, "topic_prefix": platform.topic_prefix, "git": c.git,
-            "catalog": platform.store_catalog, "chunks_fed": c.next_chunk,
+            "catalog": redact_text(platform.store_catalog), "chunks_fed": c.next_chunk,
             "candles_fed": {s: len(v) for s, v in fed.items()},
             "started": datetime.fromtimestamp(c.t0, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "duration_s": round(time.time() - c.t0, 1), "exits": [asdict(e) for e in c.exits],

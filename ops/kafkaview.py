@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain.errors import DecodeError, InvalidRecordError
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.streams import Serdes
 from reftrain.topics import TopicCatalogue
 
@@ -68,13 +68,13 @@ class KafkaView:
         self.timeout = timeout
         self.catalogue = TopicCatalogue(platform)
         # log_level 2: while a broker restarts, an idle client would print a connection error a second
-        self.admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers, "log_level": 2})
+        self.admin = AdminClient({**kafka_client_config(platform), "log_level": 2})
         self._meta = self._consumer(f"ops-view-{uuid.uuid4().hex[:8]}")
         self._by_group: dict[str, Consumer] = {}
 
     def _consumer(self, group: str) -> Consumer:
         """A consumer of ``group`` that never subscribes nor commits: it only asks questions."""
-        return Consumer({"bootstrap.servers": self.platform.kafka_bootstrap_servers, "group.id": group,
+        return Consumer({**kafka_client_config(self.platform), "group.id": group,
                          "enable.auto.commit": False, "enable.auto.offset.store": False, "log_level": 2,
                          "isolation.level": "read_uncommitted", "socket.timeout.ms": 5000})
 
@@ -157,7 +157,7 @@ class KafkaView:
 def _reader_config(platform: PlatformSettings) -> dict[str, Any]:
     """An assign()-only reader: a throw-away group id that never commits, read_committed."""
     return {
-        "bootstrap.servers": platform.kafka_bootstrap_servers,
+        **kafka_client_config(platform),
         "group.id": f"ops-reader-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

@@ -34,6 +34,7 @@ from ops.kafkaview import KafkaView, read_topic
 from ops.promtext import Scrape, merge, parse, scrape
 from ops.stages import REPO, STACK, STAGES, TOPIC_ORDER, parse_stack_env
 from reftrain import settings as settings_mod
+from reftrain.redact import redact_text, redact_value
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes
 from reftrain.topics import TopicCatalogue
@@ -328,9 +329,10 @@ def write(report: Report, out_dir: Path) -> dict[str, Path]:
     """report.md, report.html and report.json in ``out_dir`` (plots are written by ``build``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
-    paths["md"].write_text(render_markdown(report))
-    paths["html"].write_text(render_html(report))
-    paths["json"].write_text(json.dumps(report.to_json(), indent=1, default=str))
+    # redact_text: a failure message may quote a connection string (reftrain.redact)
+    paths["md"].write_text(redact_text(render_markdown(report)))
+    paths["html"].write_text(redact_text(render_html(report)))
+    paths["json"].write_text(json.dumps(redact_value(report.to_json()), indent=1, default=str))
     return paths
 
 
@@ -366,7 +368,7 @@ def stack_env() -> dict[str, str]:
 def report_for_run(run_dir: Path, *, with_plots: bool = True, console: Console | None = None) -> Report:
     """Rebuild the report of a finished ``ops.run`` from its run.json and saved final /metrics."""
     meta = json.loads((run_dir / "run.json").read_text())
-    platform = PlatformSettings(**meta["platform"])
+    platform = settings_mod.from_public(meta["platform"])
     metrics = {}
     for stage in STAGES:
         files = sorted((run_dir / "metrics").glob(f"{stage.name}*.prom"))

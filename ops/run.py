@@ -47,12 +47,14 @@ from typing import Any
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from deploy.init import init_cluster
 from ops import report as report_mod
 from ops.kafkaview import KafkaView
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
 from ops.progress import Monitor, ProgressView
 from ops.stages import BY_NAME, REPO, STACK, STAGES, Stage
 from reftrain import settings as settings_mod
+from reftrain.redact import redact_value
 from reftrain.settings import PlatformSettings
 from reftrain.topics import TopicCatalogue
 
@@ -149,7 +151,9 @@ def external_stack() -> dict[str, str] | None:
     """The platform env when KAFKA_BOOTSTRAP_SERVERS/SCHEMA_REGISTRY_URL point at a stack (used as is)."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"):
         keys = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH")
-        return {k: os.environ[k] for k in keys if k in os.environ}
+        # + the client security settings (KAFKA_CONFIG_FILE, KAFKA_SASL_*, SCHEMA_REGISTRY_*: docs/security.md)
+        return {k: v for k, v in os.environ.items()
+                if k in keys or k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "STORE_CATALOG_"))}
     return None
 
 
@@ -341,7 +345,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
                 "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             })
             view = KafkaView(platform)
-            TopicCatalogue(platform).ensure(view.admin)
+            init_cluster.prepare(platform, view.admin)  # topics + BACKWARD_TRANSITIVE schemas, as in compose
             port = config.base_port
             for st in STAGES:
                 if not stages_run[st.name]:
@@ -564,7 +568,7 @@ def _write_run_json(run_dir: Path, run_id: str, platform: PlatformSettings, extr
     """What ``python -m ops.report --run <dir>`` needs to rebuild the report later."""
     stages = stages or [report_mod.StageStatus(s.name, stages_run[s.name]) for s in STAGES]
     (run_dir / "run.json").write_text(json.dumps({
-        "run_id": run_id, "platform": asdict(platform), "env": extra, "summary": summary,
+        "run_id": run_id, "platform": platform.public(), "env": extra, "summary": redact_value(summary),
         "stages": [asdict(s) for s in stages],
         "pids": {p.instance: p.pid for p in procs},
         "all_pids": {p.instance: p.all_pids for p in procs},
@@ -590,7 +594,7 @@ def cleanup_run(run_dir: Path) -> None:
     """Delete what a finished run left on the stack (topics, catalog database, store folder), from
     its run.json; the report folder itself is kept."""
     meta = json.loads((run_dir / "run.json").read_text())
-    _cleanup(PlatformSettings(**meta["platform"]))
+    _cleanup(settings_mod.from_public(meta["platform"]))
 
 
 def _cleanup(platform: PlatformSettings) -> None:

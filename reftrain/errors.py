@@ -24,6 +24,12 @@ class WrongRecordTypeError(DecodeError):
     """The writer schema is a different record than the topic carries."""
 
 
+class UnshippedSchemaError(DecodeError):
+    """The writer schema is the topic's record but none of the releases this project shipped
+    (schemas/history): it may be hostile (an array<null> field decodes 2^62 items from 20 bytes),
+    so the message is not decoded at all."""
+
+
 class InvalidRecordError(ReftrainError):
     """A decoded record breaks a domain rule (NaN price, high < low, misaligned time, ...).
 
@@ -38,6 +44,11 @@ class InvalidRecordError(ReftrainError):
 
 class KafkaBoundaryError(ReftrainError):
     """librdkafka reported an error we cannot handle in place (wraps KafkaError)."""
+
+
+class KafkaAuthError(KafkaBoundaryError):
+    """The broker refused this client's credentials (SASL/TLS). Services keep running, not ready,
+    and retry with back-off: a rotated secret is picked up at the next try."""
 
 
 class StoreError(ReftrainError):

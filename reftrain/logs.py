@@ -1,5 +1,7 @@
 """JSON logging (one object per line) so log shippers need no parsing rules; ``extra={...}``
-fields (topic, partition, offset, ...) become top-level keys."""
+fields (topic, partition, offset, ...) become top-level keys. Every line passes through
+reftrain.redact at the sink, so a connection string or client property that slips into a message,
+an extra field or a traceback is written without its password."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import sys
 import time
 import warnings
+
+from reftrain.redact import redact_text, redact_value
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -23,14 +27,22 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STD and not key.startswith("_"):
-                out[key] = value
+                out[key] = redact_value(value if isinstance(value, (str, int, float, bool, type(None), dict, list))
+                                        else str(value))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+            out["exc"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(out, default=lambda v: redact_text(str(v)))
+
+
+class RedactingFormatter(logging.Formatter):
+    """The plain-text format, redacted like the JSON one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def setup(service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -38,7 +50,7 @@ def setup(service: str, level: str = "INFO", fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -54,8 +54,14 @@ class Health:
         return time.monotonic() - self._beat < self.stale_after_s
 
 
+#: Seconds a client may take to send its request or read the answer: a client that connects and
+#: sends nothing (slowloris) would otherwise hold a handler thread forever.
+HTTP_SOCKET_TIMEOUT_S = 5.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     health: Health
+    timeout = HTTP_SOCKET_TIMEOUT_S  # socket timeout of each connection (StreamRequestHandler)
 
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
@@ -80,9 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def serve_http(health: Health, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoint in a daemon thread; port 0 picks a free one (see server.server_port)."""
-    handler = type("Handler", (_Handler,), {"health": health})
+def serve_http(health: Health, host: str, port: int, timeout_s: float = HTTP_SOCKET_TIMEOUT_S) -> ThreadingHTTPServer:
+    """Start the endpoint in a daemon thread; port 0 picks a free one (see server.server_port).
+    ``host`` is loopback by default (settings.HTTP_HOST); containers widen it for their probes."""
+    handler = type("Handler", (_Handler,), {"health": health, "timeout": timeout_s})
     server = ThreadingHTTPServer((host, port), handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

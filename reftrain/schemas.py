@@ -8,12 +8,15 @@ schema id alone, without Confluent schema references.
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro.schema import to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 HISTORY_DIR = SCHEMA_DIR / "history"
@@ -136,3 +139,37 @@ def record_name_of(schema: Any) -> str:
     """Full name of the top-level record of a schema given as JSON text or dict."""
     s = json.loads(schema) if isinstance(schema, str) else schema
     return _full_name(s, None)
+
+
+def fingerprint(schema: Any) -> str:
+    """sha256 of the Avro Parsing Canonical Form: equal for two texts of the same schema (whitespace,
+    docs, defaults, attribute order), different as soon as a field or a type differs."""
+    s = json.loads(schema) if isinstance(schema, str) else schema
+    return hashlib.sha256(to_parsing_canonical_form(fastavro.parse_schema(s)).encode()).hexdigest()
+
+
+def _versions(record: str) -> list[dict[str, Any]]:
+    """Every release of one record file: schemas/history/<stem>/v*.avsc and the current file."""
+    stem = SCHEMA_FILES[record].removesuffix(".avsc")
+    paths = [*sorted((HISTORY_DIR / stem).glob("v*.avsc")), SCHEMA_DIR / SCHEMA_FILES[record]]
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        raw = json.loads(path.read_text())
+        if raw not in out:
+            out.append(raw)
+    return out
+
+
+@cache
+def shipped_fingerprints(record: str) -> frozenset[str]:
+    """Fingerprints of every self-contained schema of ``record`` this project ever shipped: each
+    release of the record, resolved against each release of the records it references. A writer
+    schema outside this set is refused before any byte is decoded (a registry accepts any
+    compatible schema, including one whose new array<null> field decodes 2^62 items from 20 bytes)."""
+    current = load_raw()
+    names = list(current)
+    out = set()
+    for combo in itertools.product(*(_versions(n) for n in names)):
+        raw = dict(zip(names, combo, strict=True))
+        out.add(fingerprint(resolve(record, raw)))
+    return frozenset(out)

@@ -1,10 +1,14 @@
 """Avro in the Confluent wire format (magic byte 0, 4-byte schema id, Avro binary) through the
 schema registry.
 
-Encoding uses confluent-kafka's AvroSerializer (it registers the schema under ``<topic>-value``).
+Encoding uses confluent-kafka's AvroSerializer with ``auto.register.schemas`` OFF: it looks the
+schema up under ``<topic>-value``, where the init job (deploy/init/init_cluster.py) registered it
+with BACKWARD_TRANSITIVE compatibility; a service never changes the registry.
 Decoding is stricter than confluent-kafka's AvroDeserializer, because a flipped bit in an Avro
 double still decodes: we resolve the writer schema by id, refuse a writer record other than the
-topic's, refuse trailing bytes, then validate the values (reftrain.validation).
+topic's, refuse a writer schema that is none of the releases this project shipped (by canonical
+fingerprint: a registry accepts any compatible schema, hostile ones too), refuse trailing bytes,
+then validate the values (reftrain.validation).
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from reftrain import schemas, validation
-from reftrain.errors import DecodeError, ReftrainError, UnknownSchemaError, WrongRecordTypeError
+from reftrain.errors import (
+    ConfigError,
+    DecodeError,
+    ReftrainError,
+    UnknownSchemaError,
+    UnshippedSchemaError,
+    WrongRecordTypeError,
+)
+from reftrain.redact import redact_text
+from reftrain.settings import PlatformSettings, registry_client_config
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -37,14 +50,21 @@ class RegistryUnavailableError(ReftrainError):
     """The registry could not be reached: transient, retry later (never dead-letter for it)."""
 
 
-def registry_client(url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": url, "timeout": 10, "cache.capacity": 1000})
+def registry_client(platform: PlatformSettings | str) -> SchemaRegistryClient:
+    """A registry client with the platform's TLS and credentials (a bare URL: no TLS/auth options)."""
+    if isinstance(platform, str):
+        return SchemaRegistryClient({"url": platform, "timeout": 10, "cache.capacity": 1000})
+    try:
+        return SchemaRegistryClient(registry_client_config(platform))
+    except (ValueError, TypeError) as exc:  # the client's own checks of its configuration
+        raise ConfigError(f"schema registry client configuration: {redact_text(str(exc))}") from None
 
 
 class AvroSerde:
     """Encode/decode one record type for one physical topic."""
 
-    def __init__(self, client: SchemaRegistryClient, topic: str, record: str, validate: bool = True) -> None:
+    def __init__(self, client: SchemaRegistryClient, topic: str, record: str, validate: bool = True,
+                 auto_register: bool = False) -> None:
         self.client = client
         self.topic = topic
         self.record = record
@@ -52,9 +72,11 @@ class AvroSerde:
         self._validate = VALIDATORS.get(record) if validate else None
         self._reader = schemas.parsed_plain(record)
         self._serializer = AvroSerializer(client, schemas.schema_json(record),
-                                          conf={"auto.register.schemas": True})
+                                          conf={"auto.register.schemas": auto_register})
         self._ctx = SerializationContext(topic, MessageField.VALUE)
         self._writers: dict[int, Any] = {}
+        self._refused: dict[int, DecodeError] = {}
+        self._shipped = schemas.shipped_fingerprints(record)
 
     def encode(self, value: dict[str, Any]) -> bytes:
         try:
@@ -62,6 +84,13 @@ class AvroSerde:
         except SchemaRegistryError as exc:
             if exc.http_status_code >= 500 or exc.http_status_code < 0:
                 raise RegistryUnavailableError(str(exc)) from exc
+            if exc.http_status_code == 404:
+                raise ConfigError(f"the {self.record} schema is not registered under {self.topic}-value: the "
+                                  f"init job (python -m deploy.init.init_cluster, `stack.sh init`) registers "
+                                  f"it; services never register schemas ({exc})") from exc
+            if exc.http_status_code in (401, 403):
+                raise ConfigError(f"schema registry refused the credentials ({exc.http_status_code}): check "
+                                  f"SCHEMA_REGISTRY_BASIC_AUTH / _TOKEN") from exc
             raise
         except OSError as exc:  # connection refused/reset from the HTTP client
             raise RegistryUnavailableError(str(exc)) from exc
@@ -85,6 +114,9 @@ class AvroSerde:
         writer = self._writers.get(schema_id)
         if writer is not None:
             return writer
+        refused = self._refused.get(schema_id)
+        if refused is not None:  # a hostile id is looked up once, not once per message
+            raise type(refused)(str(refused))
         try:
             registered = self.client.get_schema(schema_id)
         except SchemaRegistryError as exc:
@@ -96,6 +128,16 @@ class AvroSerde:
         name = schemas.record_name_of(registered.schema_str)
         if name != self.record:
             raise WrongRecordTypeError(f"schema id {schema_id} is {name}, topic {self.topic} carries {self.record}")
+        try:
+            fp = schemas.fingerprint(registered.schema_str)
+        except Exception as exc:  # unparseable schema text
+            raise DecodeError(f"writer schema id {schema_id} does not parse: {exc}") from exc
+        if fp not in self._shipped:
+            err = UnshippedSchemaError(
+                f"writer schema id {schema_id} ({self.record}, fingerprint {fp[:16]}) is none of the "
+                f"{len(self._shipped)} releases in schemas/history; not decoded")
+            self._refused[schema_id] = err
+            raise err
         writer = fastavro.parse_schema(schemas.strip_logical_types(json.loads(registered.schema_str)))
         self._writers[schema_id] = writer
         return writer

@@ -25,7 +25,8 @@ import numpy as np
 
 from reftrain.errors import StoreError
 from reftrain.records import Candle, Pivot
-from reftrain.settings import PlatformSettings
+from reftrain.redact import redact_text
+from reftrain.settings import PlatformSettings, catalog_password
 from reftrain.window import COLUMNS, Window
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,29 @@ def _is_retryable(exc: Exception) -> bool:
                                    "timeout", "transaction", "server closed"))
 
 
+def conninfo_quote(value: str) -> str:
+    """A libpq conninfo value: single-quoted, with backslash and quote escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal (quotes doubled), so no catalog string can end the ATTACH statement."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def with_password(catalog: str, password: str | None) -> str:
+    """``catalog`` with ``password=<quoted>`` appended (postgres catalogs only)."""
+    if password is None or not catalog.startswith("postgres:"):
+        return catalog
+    return f"{catalog} password={conninfo_quote(password)}"
+
+
+def attach_statement(catalog: str, data_path: str) -> str:
+    """The ATTACH of the DuckLake catalog, every piece escaped as a literal."""
+    return (f"ATTACH {sql_literal('ducklake:' + catalog)} AS {LAKE} "
+            f"(DATA_PATH {sql_literal(data_path + '/')}, DATA_INLINING_ROW_LIMIT {INLINING_ROW_LIMIT})")
+
+
 @dataclass(frozen=True)
 class CandleBatchResult:
     inserted: int
@@ -91,10 +115,13 @@ class CandleBatchResult:
 class Store:
     """A DuckLake store. Thread-safe through one lock (DuckDB connections are not shared-safe)."""
 
-    def __init__(self, catalog: str, data_path: str, *, create: bool = True, retries: int = 8) -> None:
+    def __init__(self, catalog: str, data_path: str, *, create: bool = True, retries: int = 8,
+                 password: str | None = None) -> None:
         if not (catalog.startswith("postgres:") or catalog.startswith("sqlite:") or catalog.endswith(".ducklake")):
-            raise StoreError(f"unsupported catalog {catalog!r}: use 'postgres:<conninfo>' or 'sqlite:<file>'")
+            raise StoreError(f"unsupported catalog {redact_text(catalog)!r}: use 'postgres:<conninfo>' or "
+                             f"'sqlite:<file>'")
         self.catalog = catalog
+        self._attach_catalog = with_password(catalog, password)
         self.data_path = os.path.abspath(data_path)
         self.retries = retries
         self._lock = threading.RLock()
@@ -102,15 +129,14 @@ class Store:
         self.con = duckdb.connect()
         self.con.execute("SET threads TO 2")
         _load_extensions(self.con, catalog)
-        self._with_retry(lambda: self.con.execute(
-            f"ATTACH 'ducklake:{catalog}' AS {LAKE} "
-            f"(DATA_PATH '{self.data_path}/', DATA_INLINING_ROW_LIMIT {INLINING_ROW_LIMIT})"))
+        self._with_retry(lambda: self.con.execute(attach_statement(self._attach_catalog, self.data_path)))
         if create:
             for stmt in DDL:
                 self._with_retry(lambda s=stmt: self.con.execute(s))  # type: ignore[misc]
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, **kw: Any) -> Store:
+        kw.setdefault("password", catalog_password(settings))
         return cls(settings.store_catalog, settings.store_data_path, **kw)
 
     def close(self) -> None:
@@ -128,8 +154,10 @@ class Store:
                 with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
                 if attempt >= self.retries or not _is_retryable(exc):
-                    raise StoreError(f"{type(exc).__name__}: {exc}") from exc
-                log.warning("store retry", extra={"attempt": attempt + 1, "error": str(exc)[:200]})
+                    # DuckDB repeats the connection string (password too) in its errors: the
+                    # message is redacted and the original is not chained (tracebacks print it).
+                    raise StoreError(f"{type(exc).__name__}: {redact_text(str(exc))}") from None
+                log.warning("store retry", extra={"attempt": attempt + 1, "error": redact_text(str(exc))[:200]})
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")

@@ -41,12 +41,12 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
-from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.errors import DecodeError, InvalidRecordError, KafkaAuthError, KafkaBoundaryError
 from reftrain.failpoint import Failpoint
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde, RegistryUnavailableError, registry_client
 from reftrain.service import restart_on
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.topics import RECORD_OF_TOPIC, TopicCatalogue, TopicSpec
 from reftrain.watchdog import Watchdog
 
@@ -63,7 +63,7 @@ def producer_config(platform: PlatformSettings, **extra: Any) -> dict[str, Any]:
     """murmur2 partitioning, as Java clients and Kafka Streams do, so every producer (ours, kcat
     with -X partitioner=murmur2_random, Kafka Connect) puts a series on the same partition number."""
     conf: dict[str, Any] = {
-        "bootstrap.servers": platform.kafka_bootstrap_servers,
+        **kafka_client_config(platform),  # bootstrap servers + TLS/SASL passthrough (docs/security.md)
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
         "acks": "all",
@@ -77,7 +77,7 @@ def producer_config(platform: PlatformSettings, **extra: Any) -> dict[str, Any]:
 
 def consumer_config(platform: PlatformSettings, group: str, **extra: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "bootstrap.servers": platform.kafka_bootstrap_servers,
+        **kafka_client_config(platform),  # bootstrap servers + TLS/SASL passthrough (docs/security.md)
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",  # new consumer groups start from the earliest offset
@@ -112,7 +112,7 @@ class Serdes:
     """One AvroSerde per physical topic, sharing one registry client."""
 
     def __init__(self, platform: PlatformSettings, catalogue: TopicCatalogue) -> None:
-        self.client = registry_client(platform.schema_registry_url)
+        self.client = registry_client(platform)
         self.catalogue = catalogue
         self._by_topic: dict[str, AvroSerde] = {}
 
@@ -306,7 +306,7 @@ class StreamApp:
     # -- setup ---------------------------------------------------------------------------------
     def ensure_topics(self) -> None:
         extra: list[TopicSpec] = [self.catalogue.changelog_spec(self.group)] if self.stateful else []
-        self.catalogue.ensure(AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers}), extra)
+        self.catalogue.ensure(AdminClient(kafka_client_config(self.platform)), extra)
 
     def _restore(self, partition: int) -> dict[str, Any]:
         assert self.changelog is not None
@@ -360,7 +360,8 @@ class StreamApp:
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event, health: obs.Health) -> None:
-        self.ensure_topics()
+        # refused credentials: stay up (not ready) and retry, no crash loop (reftrain.kafka_errors)
+        restart_on((KafkaAuthError,), self.ensure_topics, service=self.service, stop=stop, health=health)
         restart_on((RestartSession,), lambda: self._session(stop, health), service=self.service, stop=stop,
                    health=health)
 

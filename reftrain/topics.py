@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from reftrain.errors import ConfigError
+from reftrain import kafka_errors
+from reftrain.errors import ConfigError, KafkaAuthError
 from reftrain.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class TopicCatalogue:
     def ensure(self, admin: AdminClient, extra: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
         """Create missing topics (idempotent) and check partition counts and co-partitioning."""
         wanted = self.specs() + list(extra or [])
-        existing = admin.list_topics(timeout=timeout).topics
+        existing = self._list_topics(admin, timeout)
         missing = [s.new_topic() for s in wanted if s.name not in existing]
         if missing:
             for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -107,6 +109,21 @@ class TopicCatalogue:
                         raise ConfigError(f"cannot create topic {name}: {exc}") from exc
         self._wait_visible(admin, [s.name for s in wanted], timeout)
         self.check_partitions(admin, timeout)
+
+    @staticmethod
+    def _list_topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
+        """Metadata in short tries: an AdminClient is never polled, so its 'credentials refused'
+        callbacks are delivered here (kafka_errors logs them) and a refusal ends the wait early."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return dict(admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).topics)
+            except Exception as exc:
+                kafka_errors.serve(admin)
+                if kafka_errors.auth_failed_recently(30.0):
+                    raise KafkaAuthError(f"Kafka refused the credentials ({exc})") from exc
+                if time.monotonic() >= deadline:
+                    raise
 
     @staticmethod
     def _wait_visible(admin: AdminClient, names: list[str], timeout: float) -> None:

@@ -20,7 +20,7 @@ import pytest
 from ops.stages import STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
-from tests.support import catalog_admin
+from tests.support import catalog_admin, register_schemas
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,8 +84,9 @@ def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
         catalog_admin(base, f"create database {db}")
         info["dbname"] = db
         catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
-    return replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"),
-                   http_port=0)
+    p = replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
+    register_schemas(p)  # what the init job does in compose: services never register schemas
+    return p
 
 
 @pytest.fixture

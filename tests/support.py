@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain.records import Candle
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.streams import Serdes, consumer_config, producer_config
 from reftrain.topics import TopicCatalogue
 
@@ -50,8 +50,26 @@ def real_candles(file: str, symbol: str | None = None, timeframe: str | None = N
 
 def ensure_topics(platform: PlatformSettings) -> TopicCatalogue:
     cat = TopicCatalogue(platform)
-    cat.ensure(AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers}))
+    cat.ensure(AdminClient(kafka_client_config(platform)))
     return cat
+
+
+def register_schemas(platform: PlatformSettings) -> None:
+    """The init job's schema step for this prefix (BACKWARD_TRANSITIVE + the current schemas), one
+    subject per thread: every test that uses the ``platform`` fixture pays for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deploy.init.init_cluster import register_schemas as init_register
+    from reftrain.serde import registry_client
+    from reftrain.topics import RECORD_OF_TOPIC
+
+    client = registry_client(platform)
+
+    def one(logical: str) -> None:
+        init_register(platform, client, "BACKWARD_TRANSITIVE", check_only=False, only=(logical,))
+
+    with ThreadPoolExecutor(len(RECORD_OF_TOPIC)) as pool:
+        list(pool.map(one, RECORD_OF_TOPIC))
 
 
 def produce_records(platform: PlatformSettings, logical: str, records: Iterable[tuple[str, dict[str, Any]]]) -> int:

@@ -19,6 +19,13 @@ TOPIC_PARTITIONS, TOPIC_REPLICATION) plus its own ``INIT_*`` settings (InitSetti
    to create them on their first start.
 
 Idempotent: running it again changes nothing. It prints one JSON summary line on stdout.
+
+The same steps run for the local stack (``stack.sh init``), ``make run``'s isolated prefix (ops.run),
+the fault campaign and every test's random prefix (tests/conftest.py): ``prepare()`` below. The
+services never register schemas (auto.register.schemas is off), so an incompatible schema can only
+come from outside and the registry refuses it. Kafka and registry clients take the same TLS/SASL
+and credential settings as the services (reftrain.settings.kafka_client_config /
+registry_client_config).
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient  # noqa
 
 from reftrain import logs, schemas, settings  # noqa: E402
 from reftrain.errors import ConfigError  # noqa: E402
-from reftrain.settings import PlatformSettings  # noqa: E402
+from reftrain.redact import redact_text  # noqa: E402
+from reftrain.serde import registry_client  # noqa: E402
+from reftrain.settings import PlatformSettings, kafka_client_config  # noqa: E402
 from reftrain.topics import RECORD_OF_TOPIC, TopicCatalogue  # noqa: E402
 
 log = logging.getLogger("reftrain.init")
@@ -128,10 +137,13 @@ def ensure_topics(platform: PlatformSettings, admin: AdminClient, check_only: bo
 
 
 def register_schemas(platform: PlatformSettings, client: SchemaRegistryClient, compatibility: str,
-                     check_only: bool) -> list[dict[str, Any]]:
+                     check_only: bool, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """``only``: these logical topics (default: all)."""
     catalogue = TopicCatalogue(platform)
     out = []
     for logical, record in RECORD_OF_TOPIC.items():
+        if only is not None and logical not in only:
+            continue
         subject = subject_of(catalogue.name(logical))
         schema = Schema(schemas.schema_json(record), "AVRO")
         if check_only:
@@ -144,6 +156,15 @@ def register_schemas(platform: PlatformSettings, client: SchemaRegistryClient, c
         log.info("schema checked" if check_only else "schema registered",
                  extra={"subject": subject, "schema_id": schema_id, "compatibility": compatibility})
     return out
+
+
+def prepare(platform: PlatformSettings, admin: AdminClient | None = None,
+            client: SchemaRegistryClient | None = None,
+            compatibility: str = "BACKWARD_TRANSITIVE") -> list[dict[str, Any]]:
+    """Topics of the catalogue plus compatibility and schemas of every value subject, for
+    ``platform.topic_prefix``; for callers whose stack is already up (tests, ops.run, faults)."""
+    TopicCatalogue(platform).ensure(admin or AdminClient(kafka_client_config(platform)))
+    return register_schemas(platform, client or registry_client(platform), compatibility, check_only=False)
 
 
 def create_store(platform: PlatformSettings) -> str:
@@ -159,8 +180,8 @@ def run(check_only: bool = False, environ: dict[str, str] | None = None) -> dict
     platform = settings.platform(environ)
     init = settings.load(InitSettings, "INIT_", environ)
     deadline = time.monotonic() + init.timeout_s
-    admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers})
-    client = SchemaRegistryClient({"url": platform.schema_registry_url, "timeout": 10})
+    admin = AdminClient(kafka_client_config(platform))
+    client = registry_client(platform)
     wait_for_kafka(admin, deadline)
     topics = ensure_topics(platform, admin, check_only)
     wait_for_registry(client, deadline)
@@ -180,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(check_only=args.check)
     except Exception as exc:  # report and exit 1: the init container failed
-        log.error("init failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        error = redact_text(f"{type(exc).__name__}: {exc}")
+        log.error("init failed", extra={"error": error})
+        print(json.dumps({"ok": False, "error": error}), flush=True)
         return 1
     print(json.dumps(summary), flush=True)
     log.info("cluster initialised", extra={"topics": len(summary["topics"]),

@@ -9,7 +9,8 @@
 #   deploy/local/stack.sh status   one line per component, exit 1 if any is down
 #   deploy/local/stack.sh env      print the environment variables that point at the stack
 #   deploy/local/stack.sh reset    down, then delete all data
-#
+#   deploy/local/stack.sh init     topics + BACKWARD_TRANSITIVE schemas (the compose init job)
+#   deploy/local/stack.sh sasl-up|sasl-down|sasl-env   a separate SASL_SSL/SCRAM broker (docs/security.md)
 #   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
 #   deploy/local/stack.sh with CMD  run CMD against the stack: start it first if it is down (a failed
 #                                   start ends here, exit 3, with its one ERROR line), stop it after
@@ -266,6 +267,160 @@ wait_ready() {
   }
 }
 
+# --- SASL_SSL broker (optional, separate from `up`) ------------------------------------------------
+# `stack.sh sasl-up` starts a Kafka broker whose only client listener is SASL_SSL with SCRAM-SHA-512:
+# a CA and a broker certificate (SAN 127.0.0.1, localhost) made with openssl/keytool, SCRAM users
+# added at KRaft format time (StorageTool --add-scram), random passwords kept under
+# $STATE/sasl (mode 600). It shares nothing with `up`'s broker (own data, pid, ports), so both can
+# run. `sasl-env` prints the variables a client needs (KAFKA_CONFIG_FILE points at a librdkafka
+# properties file with the service user's credentials and the CA).
+SASL_PORT="${REFTRAIN_SASL_KAFKA_PORT:-19094}"
+SASL_CONTROLLER_PORT="${REFTRAIN_SASL_CONTROLLER_PORT:-19095}"
+
+sasl_secret() {  # a random password, created once per stack
+  local f="$STATE/sasl/$1.password"
+  [ -s "$f" ] || (umask 077; openssl rand -hex 18 >"$f")
+  cat "$f"
+}
+
+sasl_certs() {
+  local d="$STATE/sasl"
+  mkdir -p "$d"; chmod 700 "$d"
+  [ -f "$d/broker.p12" ] && [ -f "$d/truststore.p12" ] && return
+  log "creating a CA and a broker certificate in $d"
+  local ks; ks="$(sasl_secret keystore)"
+  (umask 077
+   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=reftrain-local-ca" \
+     -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+   openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$d/broker.key" -out "$d/broker.csr" 2>/dev/null
+   printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/broker.ext"
+   openssl x509 -req -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
+     -extfile "$d/broker.ext" -out "$d/broker.pem" 2>/dev/null
+   openssl pkcs12 -export -in "$d/broker.pem" -inkey "$d/broker.key" -certfile "$d/ca.pem" -name broker \
+     -out "$d/broker.p12" -passout "pass:$ks"
+   keytool -importcert -noprompt -alias reftrain-ca -file "$d/ca.pem" -keystore "$d/truststore.p12" \
+     -storetype PKCS12 -storepass "$ks" >/dev/null 2>&1)
+}
+
+sasl_client_properties() {  # librdkafka form, for KAFKA_CONFIG_FILE
+  (umask 077; cat >"$STATE/sasl/client.properties" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.username=reftrain
+sasl.password=$(sasl_secret reftrain)
+ssl.ca.location=$STATE/sasl/ca.pem
+EOF
+  )
+}
+
+kafka_sasl_up() {
+  local dir="$STATE/kafka-sasl" pidf="$STATE/kafka-sasl.pid" d="$STATE/sasl"
+  pid_alive "$pidf" && return
+  sasl_certs
+  sasl_client_properties
+  mkdir -p "$dir/data"
+  local ks admin; ks="$(sasl_secret keystore)"; admin="$(sasl_secret admin)"
+  (umask 077; cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$SASL_CONTROLLER_PORT
+listeners=SASL_SSL://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$SASL_CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$SASL_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$d/broker.p12
+ssl.keystore.password=$ks
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$d/truststore.p12
+ssl.truststore.password=$ks
+ssl.client.auth=none
+log.dirs=$dir/data
+num.partitions=6
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=67108864
+EOF
+  )
+  cat >"$dir/log4j2.yaml" <<EOF
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: $dir/server.log
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+EOF
+  local cp="$RUNTIME/kafka-libs/*"
+  local java_opts=(-Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting KRaft storage with SCRAM-SHA-512 users admin and reftrain"
+    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format \
+      -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | head -c 22)" -c "$dir/server.properties" --standalone \
+      --add-scram "SCRAM-SHA-512=[name=admin,password=$admin]" \
+      --add-scram "SCRAM-SHA-512=[name=reftrain,password=$(sasl_secret reftrain)]" >/dev/null
+  fi
+  log "starting Kafka (SASL_SSL, SCRAM-SHA-512) on 127.0.0.1:$SASL_PORT"
+  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$pidf"
+}
+
+sasl_env() {
+  cat <<EOF
+export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$SASL_PORT
+export KAFKA_CONFIG_FILE=$STATE/sasl/client.properties
+EOF
+}
+
+sasl_wait_ready() {
+  [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
+  (eval "$(sasl_env)"; cd "$REPO" && "$PYTHON" - "${1:-120}" <<'EOF'
+import sys, time
+from confluent_kafka.admin import AdminClient
+from reftrain import settings
+deadline = time.monotonic() + float(sys.argv[1])
+admin = AdminClient({**settings.kafka_client_config(settings.platform()), "log_level": 0})
+last = None
+while True:
+    try:
+        if admin.list_topics(timeout=5).brokers:
+            sys.exit(0)
+    except Exception as exc:  # not yet
+        last = exc
+    if time.monotonic() > deadline:
+        print(f"SASL_SSL broker not ready: {last}", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(1)
+EOF
+  ) || { tail -n 20 "$STATE/kafka-sasl/server.log" >&2 || true; exit 1; }
+}
+
+# --- cluster init (the compose/k8s init job, for this stack) -----------------------------------
+# Topics, BACKWARD_TRANSITIVE compatibility and the schemas of schemas/ for TOPIC_PREFIX (default
+# none), plus the DuckLake tables: services never register schemas themselves.
+cmd_init() {
+  [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
+  (eval "$(export_env)"; cd "$REPO" && "$PYTHON" deploy/init/init_cluster.py)
+}
+
 case "${1:-}" in
   deps) ensure_debian_packages ;;
   missing-deps) missing_debian_packages ;;
@@ -305,10 +460,14 @@ case "${1:-}" in
     if [ "$started" = 1 ] && [ -z "${REFTRAIN_KEEP_STACK:-}" ]; then "$0" down || true; fi
     exit "$rc"
     ;;
+  init) cmd_init ;;
+  sasl-up) cmd_fetch; mkdir -p "$STATE"; kafka_sasl_up; sasl_wait_ready 180; log "ready: $(sasl_env | tr '\n' ' ')" ;;
+  sasl-down) stop_pid kafka-sasl "$STATE/kafka-sasl.pid" ;;
+  sasl-env) sasl_env ;;
   reset)
     "$0" down
     log "deleting $STATE and $PG_DATA"
     rm -rf "$STATE" "$PG_DATA"
     ;;
-  *) sed -n '2,25p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac

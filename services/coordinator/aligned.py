@@ -69,6 +69,7 @@ from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
 from reftrain.serde import RegistryUnavailableError
+from reftrain.settings import kafka_client_config
 from reftrain.streams import (
     Context,
     Record,
@@ -154,7 +155,7 @@ class AlignedStreamApp(StreamApp):
         extra: list[TopicSpec] = []
         if self.stateful:
             extra.append(self.catalogue.changelog_spec(self.group, self.store))
-        admin = AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers})
+        admin = AdminClient(kafka_client_config(self.platform))
         self.catalogue.ensure(admin, extra)
 
     # -- rebalance -----------------------------------------------------------------------------

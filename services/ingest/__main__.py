@@ -34,7 +34,7 @@ def body(rt: service.Runtime) -> None:
     def session() -> None:
         """One resume-then-run, exactly what a process restart does (write-before-publish and the
         start-up repair make it safe to repeat after any failure)."""
-        rt.catalogue.ensure(AdminClient({"bootstrap.servers": rt.platform.kafka_bootstrap_servers}))
+        rt.catalogue.ensure(AdminClient(settings.kafka_client_config(rt.platform)))
         store = Store.from_settings(rt.platform)
         try:
             pipeline = Pipeline(store, publisher, derive=cfg.derive, sma=cfg.sma, ema=cfg.ema, batch=cfg.batch,

@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidURI, WebSocketException
 
 from reftrain.records import Candle, series_key
+from services.ingest import limits
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,8 @@ async def stream_klines(
         received = False
         try:
             async with connect(
-                url, open_timeout=open_timeout, ping_interval=ping_interval, close_timeout=close_timeout
+                url, open_timeout=open_timeout, ping_interval=ping_interval, close_timeout=close_timeout,
+                max_size=limits.WS_MAX_MESSAGE_BYTES,  # ping_timeout (20 s default) drops a silent peer
             ) as ws:
                 stats.connects += 1
                 log.info("kline stream connected", extra={"url": url, "connects": stats.connects})

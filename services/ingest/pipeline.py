@@ -38,6 +38,7 @@ from reftrain.errors import InvalidRecordError
 from reftrain.records import Candle, series_key, split_series, stable_id, timeframe_ms
 from reftrain.store import CANDLE_COLS, LAKE, Store
 from reftrain.validation import validate_candle
+from services.ingest import limits
 from services.ingest import metrics as m
 from services.ingest.aggregate import Aggregator
 from services.ingest.indicators import Indicators
@@ -178,6 +179,7 @@ class Pipeline:
         self._pending: list[Candle] = []
         self._pending_ind: list[dict[str, float | None]] = []
         self._pending_dead: list[DeadRow] = []
+        self.symbols = limits.SymbolGate()  # bounded, well-formed series (services/ingest/limits.py)
 
     # -- start-up --------------------------------------------------------------------------------
     def load_store_state(self) -> dict[str, int]:
@@ -289,6 +291,11 @@ class Pipeline:
             self._quarantine(item.source, item.row, None, item.reason, item.detail, item.raw)
             return
         c = item
+        refused = self.symbols.refuse(c.get("symbol"), c.get("timeframe"))
+        if refused is not None:
+            self._quarantine(str(c.get("source", "")), row, None, *refused, _jsonable(c),
+                             key=f"{c.get('open_time')}#{refused[0]}")
+            return
         v = self.sequencer.check(c)
         if v.outcome is Outcome.INVALID:
             self._quarantine(str(c.get("source", "")), row, _series_or_none(c), v.reason, v.detail,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reftrain.records import TIMEFRAME_MS, Candle
+from services.ingest import limits
 
 Layout = Literal["auto", "simple", "binance"]
 
@@ -355,6 +356,9 @@ def iter_csv_numbered(
     cols: _Columns | None = None
     fast: Callable[[Sequence[str]], Candle | None] | None = None
     for line_no, line in enumerate(lines, start=1):
+        if isinstance(line, limits.OverlongLine):  # services.ingest.limits.bounded_lines
+            yield line_no, RowError(source, line_no, "line_too_long", f"{line.length} characters", line[:200])
+            continue
         if not line.strip():
             continue
         if _UNDECODABLE.search(line):
@@ -442,15 +446,18 @@ def read_numbered(
             members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
             if len(members) != 1:
                 raise SourceFormatError(f"{p.name}: expected one .csv inside, found {members}")
+            too_big = limits.check_zip_member(zf.getinfo(members[0]))
+            if too_big:
+                raise SourceFormatError(f"{p.name}: {too_big}")
             with zf.open(members[0]) as raw:
                 text = io.TextIOWrapper(raw, **_TEXT_OPTIONS)
                 yield from iter_csv_numbered(
-                    text, symbol=symbol, timeframe=timeframe, source=source, layout=layout
+                    limits.bounded_lines(text), symbol=symbol, timeframe=timeframe, source=source, layout=layout
                 )
     else:
         with p.open("r", **_TEXT_OPTIONS) as fh:
             yield from iter_csv_numbered(
-                fh, symbol=symbol, timeframe=timeframe, source=source, layout=layout
+                limits.bounded_lines(fh), symbol=symbol, timeframe=timeframe, source=source, layout=layout
             )
 
 

@@ -31,7 +31,7 @@ from reftrain.records import ModelVersion
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import RegistryUnavailableError
 from reftrain.service import restart_on
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.streams import Serdes, consumer_config, dead_letter, producer_config
 from reftrain.topics import MODEL_VERSIONS, TRAINING_JOBS, TopicCatalogue
 from services.trainer.batch import PendingJob
@@ -75,7 +75,7 @@ class TrainerLoop:
     def run(self, stop: threading.Event) -> None:
         def session() -> None:
             # idempotent; inside the retry so a broker that is still starting is waited for
-            self.catalogue.ensure(AdminClient({"bootstrap.servers": self.platform.kafka_bootstrap_servers}))
+            self.catalogue.ensure(AdminClient(kafka_client_config(self.platform)))
             self._session(stop)
 
         restart_on(SESSION_ERRORS, session, service=SERVICE, stop=stop, health=self.health)

@@ -16,7 +16,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from reftrain import schemas
 from reftrain.serde import registry_client
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.topics import CANDLES
 from tests.contract.test_schemas import RECORDS, history, resolved_history
 from tests.support import ensure_topics, produce_records, real_candles
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_registry_accepts_current_schema_after_released_history(platform: PlatformSettings, record: str) -> None:
-    client = registry_client(platform.schema_registry_url)
+    client = registry_client(platform)
     subject = f"compat-{uuid.uuid4().hex[:8]}-{record}-value"
     client.set_compatibility(subject, "BACKWARD_TRANSITIVE")
     for path in history(record):
@@ -35,7 +35,7 @@ def test_registry_accepts_current_schema_after_released_history(platform: Platfo
 
 
 def test_registry_refuses_a_breaking_change(platform: PlatformSettings) -> None:
-    client = registry_client(platform.schema_registry_url)
+    client = registry_client(platform)
     subject = f"compat-{uuid.uuid4().hex[:8]}-candle-value"
     client.set_compatibility(subject, "BACKWARD_TRANSITIVE")
     client.register_schema(subject, Schema(schemas.schema_json("reftrain.Candle"), "AVRO"))
@@ -48,8 +48,8 @@ def test_plain_confluent_consumer_reads_what_reftrain_produced(platform: Platfor
     cat = ensure_topics(platform)
     candles = real_candles("ETHUSDT-1m-2025-10-29_2025-11-01.csv", limit=5)
     produce_records(platform, CANDLES, [("ETHUSDT:1m", c) for c in candles])
-    deser = AvroDeserializer(registry_client(platform.schema_registry_url))
-    consumer = Consumer({"bootstrap.servers": platform.kafka_bootstrap_servers, "group.id": f"plain-{uuid.uuid4()}",
+    deser = AvroDeserializer(registry_client(platform))
+    consumer = Consumer({**kafka_client_config(platform), "group.id": f"plain-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest"})
     topic = cat.name(CANDLES)
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

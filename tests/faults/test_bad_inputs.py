@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from typing import Any
 import pytest
 
 from ops.analysis import Analysis
-from ops.kafkaview import KafkaView
+from ops.kafkaview import KafkaView, read_messages
 from ops.report import collect
 from reftrain.records import Candle, Pivot, series_key
 from reftrain.settings import PlatformSettings
@@ -577,4 +578,86 @@ def test_ingest_file_with_a_non_utf8_row_quarantines_it(
     assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="bad_encoding") == 1
     published = collect(platform, stages_run={"ingest": True}, read_store=False).messages[CANDLES]
     assert len(published) == len(rows)
+    ingest.assert_healthy()
+
+
+# -- hostile writer schema ---------------------------------------------------------------------------
+def schema_bomb(platform: PlatformSettings, valid: bytes) -> bytes:
+    """A ~20-byte-longer message whose writer schema is reftrain.Candle plus an ``array<null>`` field
+    with a default (BACKWARD compatible, so the registry accepts it) declaring 2^62 items: decoding it
+    loops 2^62 times on zero bytes. Synthetic on purpose: real data never has this property."""
+    from confluent_kafka.schema_registry import Schema
+
+    from reftrain import schemas
+    from reftrain.serde import registry_client
+
+    evil = json.loads(schemas.schema_json("reftrain.Candle"))
+    evil["fields"].append({"name": "pad", "type": {"type": "array", "items": "null"}, "default": []})
+    client = registry_client(platform)
+    schema_id = client.register_schema(f"{TopicCatalogue(platform).name(CANDLES)}-value",
+                                       Schema(json.dumps(evil), "AVRO"))
+    zigzag, out = (1 << 62) << 1, bytearray()  # Avro long: zig-zag, then base-128 varint
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    block = bytes(out) + b"\x00"  # one block of 2^62 nulls, then the end-of-array marker
+    return wire(schema_id, valid[5:] + block)
+
+
+def test_schema_bomb_is_dead_lettered_within_a_second(
+        platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
+    candles = real_candles(BTC_FILE, limit=6)
+    ensure_topics(platform)
+    pivots = start(services, "pivots", dict(platform_env), tmp_path)
+    wait_ready([pivots])
+    corpus = Corpus(platform, CANDLES)
+    data = corpus.encode(CANDLES, dict(candles[0]))
+    corpus.good(BTC, dict(candles[0]))
+    bomb = schema_bomb(platform, data)
+    assert len(bomb) - len(data) < 16  # the payload adds a few bytes only
+    corpus.bad("schema bomb (array<null> of 2^62 items)", BTC.encode(), bomb, "UnshippedSchemaError")
+    for c in candles[1:]:
+        corpus.good(BTC, dict(c))
+    entries = corpus.check_dlq(("pivots",), 60, [pivots])
+    assert "none of the" in entries[0].headers["error.message"]
+    # within a second of the bomb's own timestamp (both set on this host when produced)
+    msgs, _ = read_messages(platform, corpus.topic, timeout=30)
+    sent_ms = next(m.timestamp()[1] for m in msgs if m.value() == bomb)
+    dlq, _ = read_messages(platform, corpus.cat.dlq(CANDLES), timeout=30)
+    assert len(dlq) == 1
+    took_s = (dlq[0].timestamp()[1] - sent_ms) / 1000
+    print(f"schema bomb dead-lettered {took_s:.3f}s after it was produced")
+    assert took_s < 1.0, f"bomb dead-lettered after {took_s:.2f}s"
+    wait_for(lambda: lag_zero(platform, "pivots", (CANDLES,)), 45, "pivots past the bomb", [pivots], every=1.0)
+    pivots.assert_healthy()
+    assert_no_aborts(pivots)
+    assert dlq_counter(pivots, CANDLES) == Counter({"UnshippedSchemaError": 1})
+
+
+def test_ingest_limits_overlong_line_and_too_many_series_are_quarantined(
+        platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
+    """Real files with one synthetic property each: a 1 MB line in BTCUSDT's file, and a second
+    series (ETHUSDT) beyond INGEST_MAX_SERIES=1. Both quarantined with a reason and counted; the
+    good BTCUSDT rows are all published."""
+    from tests.support import DATA
+
+    header, *rows = (DATA / BTC_FILE).read_text().splitlines()[:41]
+    btc = tmp_path / BTC_FILE
+    btc.write_text("\n".join([header, *rows[:20], "1" * 1_000_000, *rows[20:]]) + "\n")
+    eth_header, *eth_rows = (DATA / ETH_FILE).read_text().splitlines()[:4]
+    eth = tmp_path / ETH_FILE
+    eth.write_text("\n".join([eth_header, *eth_rows]) + "\n")
+    ingest = start(services, "ingest", dict(platform_env), tmp_path, INGEST_FILES=f"{btc},{eth}", INGEST_DERIVE="",
+                   INGEST_EXIT_WHEN_DONE="false", INGEST_PROGRESS="off", INGEST_MAX_SERIES="1")
+    wait_for(lambda: ingest.metrics().total("reftrain_ingest_replay_complete") == 1, STARTUP_S,
+             "the replay to finish", [ingest])
+    dlq = read_dlq(platform, TopicCatalogue(platform).dlq(CANDLES))
+    reasons = Counter(e.headers["error.reason"] for e in dlq)
+    assert reasons == Counter({"line_too_long": 1, "too_many_series": len(eth_rows)}), reasons
+    assert all(len(e.value or b"") < 20_000 for e in dlq)  # the DLQ copy holds the line's start only
+    assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="line_too_long") == 1
+    assert ingest.metrics().total("reftrain_ingest_invalid_total", reason="too_many_series") == len(eth_rows)
+    published = collect(platform, stages_run={"ingest": True}, read_store=False).messages[CANDLES]
+    assert len(published) == len(rows) and {m.key for m in published} == {BTC}
     ingest.assert_healthy()
