@@ -433,6 +433,9 @@ case "${1:-}" in
     kafka_up
     registry_up
     wait_ready 180
+    # As the compose init job: topics, BACKWARD_TRANSITIVE subjects and schemas (services never
+    # register schemas themselves). Idempotent.
+    cmd_init >"$STATE/init.log" 2>&1 || { tail -n 5 "$STATE/init.log" >&2; die "cluster init failed (see $STATE/init.log)"; }
     log "ready: $(export_env | tr '\n' ' ')"
     ;;
   down)
