@@ -46,18 +46,38 @@ def _start_stack_or_exit() -> None:
                 returncode=3)
 
 
+_STARTED_STACK = pytest.StashKey[bool]()
+
+
+def _external_stack() -> bool:
+    return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With parallel workers (pytest -n), the controller starts the stack once, before any worker,
+    and stops it at the end: workers cannot share the ownership of a stack one of them started."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None) or _external_stack():
+        return
+    if subprocess.run([str(STACK), "status"], capture_output=True).returncode != 0:
+        _start_stack_or_exit()
+        config.stash[_STARTED_STACK] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_STARTED_STACK, False) and not os.environ.get("REFTRAIN_KEEP_STACK"):
+        subprocess.run([str(STACK), "down"], check=False)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
     """Environment of a running stack; starts one if none is given or running."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"):
+    if _external_stack():
         yield {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG",
                                            "STORE_DATA_PATH") if k in os.environ}
         return
     was_up = subprocess.run([str(STACK), "status"], capture_output=True).returncode == 0
     if not was_up:
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            # Parallel workers cannot share the ownership of a stack they start: `make test` starts
-            # it once before pytest (stack.sh with ...).
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller's start failed or was skipped
             pytest.exit("no local stack is running: start it first (make up), or use make test", returncode=3)
         _start_stack_or_exit()
     env = _stack_env()
