@@ -113,7 +113,8 @@ cmd_fetch() {
 }
 
 # --- PostgreSQL -------------------------------------------------------------------------------
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$PG_USER_OS" -- "$@"; else "$@"; fi; }
+# From /: the postgres user may not be allowed into the current folder (a 0700 clone).
+as_pg() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u "$PG_USER_OS" -- "$@"); else "$@"; fi; }
 
 pg_fail() {
   die "PostgreSQL did not start ($1): $(tail -n 3 "$PG_DATA/server.log" 2>/dev/null | tr '\n' ' ')"
