@@ -277,7 +277,10 @@ def run_recipes(s: Stack) -> dict[str, str]:
             assert 'topic "candles" with 6 partitions' in res.stdout, res.stdout[:2000]
         elif "-t candles" in cmd and "%h" in cmd:
             lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-            assert lines and all(":1m" in ln and "content-type=" in ln for ln in lines), lines[:5]
+            # partition, offset, series key (1m and the derived 5m/15m/1h), the record-name header
+            pat = re.compile(r"^(\d+ \d+ )?[A-Z]+:\d+[mhd] .*content-type=application/vnd\.confluent\.avro; "
+                             r"record=reftrain\.Candle")
+            assert lines and all(pat.match(ln) for ln in lines), lines[:5]
         elif ".dlq" in cmd:
             assert res.stdout.strip() == "", res.stdout[:2000]
         elif "kafka-consumer-groups.sh" in cmd:
