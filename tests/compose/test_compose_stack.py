@@ -215,20 +215,23 @@ def assert_make_run_checks(s: Stack, first_phase: bool = False) -> Analysis:
 
 
 def group_members(s: Stack, group: str) -> dict[str, set[tuple[str, int]]]:
-    """member (client host) -> the partitions it owns, from the broker (kafka-consumer-groups.sh)."""
+    """member (consumer id) -> the partitions it owns now, from the broker (kafka-consumer-groups.sh).
+
+    The tool prints `topic:0,1` (consumer protocol, CURRENT-ASSIGNMENT column) or `topic(0,1)`
+    (classic protocol, ASSIGNMENT column)."""
     res = s.run("exec", "-T", "kafka", "/opt/kafka/bin/kafka-consumer-groups.sh", "--bootstrap-server",
                 "localhost:9092", "--describe", "--group", group, "--members", "--verbose", check=False)
     members: dict[str, set[tuple[str, int]]] = {}
     for line in res.stdout.splitlines():
         parts = line.split()
-        if len(parts) < 6 or parts[0] != group:
+        if len(parts) < 7 or parts[0] != group:
             continue
-        assignment = line.split(None, 6)[-1] if len(parts) >= 7 else ""
         owned: set[tuple[str, int]] = set()
-        for chunk in assignment.replace("),", ")|").split("|"):
-            if "(" in chunk:
-                topic, parts_txt = chunk.strip().split("(", 1)
-                owned |= {(topic, int(p)) for p in parts_txt.rstrip(")").split(",") if p.strip().isdigit()}
+        for token in parts[6:]:
+            m = re.fullmatch(r"([A-Za-z][\w.-]*)(?::([\d,]+)|\(([\d,]+)\))", token)
+            if m:
+                owned = {(m.group(1), int(x)) for x in (m.group(2) or m.group(3)).split(",")}
+                break
         members[parts[1]] = owned
     return members
 
