@@ -370,7 +370,7 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     assert len(a2.jobs) > jobs1 and len(a2.version_msgs) > versions_before
     # every job trained once: the last committed version of each key counts exactly that key's jobs
     jobs_per_key = Counter((m.value or {})["model_key"] for m in a2.jobs.values())
-    last = {}
+    last: dict[str, dict[str, Any]] = {}
     for m in a2.version_msgs:
         v = m.value or {}
         if v["version"] >= last.get(v["model_key"], {}).get("version", -1):
