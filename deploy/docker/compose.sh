@@ -35,7 +35,7 @@ healthy() {
   for id in $(compose ps -q); do
     state="$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}} {{.State.ExitCode}}' "$id")"
     case "$state" in
-      *init*" exited  0") ;;
+      *init*" exited "*" 0") ;;   # the one-shot job: exited 0 (its image's own HEALTHCHECK is moot)
       *" running healthy "*) ;;
       *) all=1 ;;
     esac
