@@ -93,3 +93,22 @@ clean: ## remove caches (keeps the venv and stack data)
 
 reset: down ## stop the stack and delete its data
 	$(STACK) reset
+
+# ---- containers (docs/compose.md): offline images, the compose stack, its test ------------------
+.PHONY: images compose-up compose-test compose-down test-all
+images: venv ## build every image of the compose stack here, without Docker Hub (engine started if needed)
+	PYTHON=$(PY) deploy/docker/offline/images.sh
+
+compose-up: images ## docker compose up on the offline images, wait until every container is healthy
+	deploy/docker/compose.sh up
+
+compose-test: images ## the compose stack for real: replay, checks, 3 trainers, a kill, down -v (minutes)
+	$(PY) -m pytest tests/compose -m compose -s
+
+compose-down: ## docker compose down -v, and stop the Docker engine if compose-up started it
+	deploy/docker/compose.sh down
+
+test-all: venv ## every test, slow and compose ones included
+	PYTHON=$(PY) $(STACK) fetch
+	$(PY) -m pytest -m 'not compose'
+	$(MAKE) compose-test

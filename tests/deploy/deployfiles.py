@@ -73,10 +73,20 @@ def interpolate(value: Any, environ: dict[str, str] | None = None) -> Any:
     return _VAR.sub(sub, value)
 
 
+#: The variables compose requires (${VAR:?...}, no default), as a user must set them.
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-grafana-password"}
+OFFLINE = REPO / "deploy" / "docker" / "compose.offline.yml"
+
+
 @cache
 def compose() -> dict[str, Any]:
     """docker-compose.yml with YAML anchors and merge keys resolved and variables interpolated."""
-    return interpolate(_yaml().load(COMPOSE.read_text()))
+    return interpolate(_yaml().load(COMPOSE.read_text()), REQUIRED_ENV)
+
+
+def raw_compose() -> dict[str, Any]:
+    """docker-compose.yml with anchors resolved and no interpolation (`${...}` kept)."""
+    return _yaml().load(COMPOSE.read_text())  # type: ignore[no-any-return]
 
 
 def service(name: str) -> dict[str, Any]:

@@ -50,9 +50,10 @@ def test_docker_compose_config_accepts_the_file(profiles: list[str]) -> None:
     compose = df.tool("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed; CI: apt-get install -y docker-compose")
-    res = df.run([compose, "-f", str(df.COMPOSE), *profiles, "config", "-q"], cwd=df.REPO)
+    env = {**os.environ, **df.REQUIRED_ENV}
+    res = df.run([compose, "-f", str(df.COMPOSE), *profiles, "config", "-q"], cwd=df.REPO, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
-    listed = df.run([compose, "-f", str(df.COMPOSE), *profiles, "config", "--services"], cwd=df.REPO)
+    listed = df.run([compose, "-f", str(df.COMPOSE), *profiles, "config", "--services"], cwd=df.REPO, env=env)
     assert listed.returncode == 0, listed.stderr
     names = set(listed.stdout.split())
     assert set(df.APP_SERVICES) - {"trainer-cpu"} <= names
@@ -64,7 +65,8 @@ def test_docker_compose_v2_config_accepts_the_file() -> None:
     docker = df.tool("docker")
     if docker is None or df.run([docker, "compose", "version"]).returncode != 0:
         pytest.skip("no Docker CLI with the compose v2 plugin here (only docker-compose 1.29 and the schema)")
-    res = df.run([docker, "compose", "-f", str(df.COMPOSE), "--profile", "cpu", "config", "-q"], cwd=df.REPO)
+    res = df.run([docker, "compose", "-f", str(df.COMPOSE), "--profile", "cpu", "config", "-q"], cwd=df.REPO,
+                 env={**os.environ, **df.REQUIRED_ENV})
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -231,14 +233,168 @@ def test_dockerignore_lets_every_copied_path_in() -> None:
             assert (df.REPO / path).exists(), path
 
 
-def test_requirements_split_puts_torch_only_in_the_ml_image() -> None:
+def _cut(target: str) -> dict[str, list[str]]:
+    """requirements.py's output for one target: name==version -> its hashes."""
     script = df.REPO / "deploy" / "docker" / "requirements.py"
-    base = df.run([sys.executable, str(script), "base", str(df.REPO / "pyproject.toml")])
-    ml = df.run([sys.executable, str(script), "ml", str(df.REPO / "pyproject.toml")])
-    assert base.returncode == 0 and ml.returncode == 0, base.stderr + ml.stderr
-    assert not any(r.startswith("torch") for r in base.stdout.split())
-    assert any(r.startswith("torch==") for r in ml.stdout.split())
-    assert any(r.startswith("confluent-kafka") for r in base.stdout.split())
+    res = df.run([sys.executable, str(script), target, str(df.REPO / "pyproject.toml"),
+                  str(df.REPO / "requirements.lock")])
+    assert res.returncode == 0, res.stderr
+    out: dict[str, list[str]] = {}
+    req = ""
+    for line in res.stdout.splitlines():
+        line = line.strip().rstrip("\\").strip()
+        if line.startswith("--hash=sha256:"):
+            out[req].append(line)
+        elif line:
+            req = line
+            out[req] = []
+    return out
+
+
+def test_requirements_split_puts_torch_only_in_the_ml_image_with_the_locks_hashes() -> None:
+    lock = (df.REPO / "requirements.lock").read_text()
+    base, ml, cpu, notriton = _cut("base"), _cut("ml"), _cut("ml-cpu"), _cut("ml-notriton")
+    names = {t: {r.split("==")[0] for r in reqs} for t, reqs in
+             {"base": base, "ml": ml, "cpu": cpu, "notriton": notriton}.items()}
+    assert "torch" not in names["base"] and "confluent-kafka" in names["base"] and "duckdb" in names["base"]
+    # dev and report tools never reach an image
+    for tool in ("pytest", "mypy", "ruff", "matplotlib", "pandas", "hypothesis"):
+        assert all(tool not in n for n in names.values()), tool
+    assert "torch" in names["ml"] and "triton" in names["ml"] and any(n.startswith("nvidia-") for n in names["ml"])
+    assert not names["ml"] & names["base"], "ml is installed on top of base"
+    # CPU index variant: torch's pure-Python dependencies only (torch itself comes from the CPU index)
+    assert "torch" not in names["cpu"] and "sympy" in names["cpu"]
+    assert not any(n.startswith(("nvidia-", "cuda-")) or n == "triton" for n in names["cpu"])
+    assert names["notriton"] == names["ml"] - {"triton"}
+    # every requirement is pinned and carries exactly the lock's hashes
+    for reqs in (base, ml):
+        for req, hashes in reqs.items():
+            assert "==" in req and hashes, req
+            block = lock[lock.index(req + " "):].split("\n    # via", 1)[0]
+            assert set(hashes) == set(re.findall(r"--hash=sha256:[0-9a-f]{64}", block)), req
+
+
+def test_dockerfile_installs_from_the_hashed_lock_and_torch_with_index_url_only() -> None:
+    text = (df.REPO / "deploy" / "docker" / "Dockerfile").read_text()
+    stages = _stages()
+    for stage in ("deps", "deps-ml"):
+        assert "--require-hashes --no-deps -r requirements-" in stages[stage], stage
+    assert "COPY pyproject.toml requirements.lock deploy/docker/requirements.py" in stages["deps"]
+    assert "--extra-index-url" not in text.replace("never --extra-index-url", "")
+    assert '--index-url "$TORCH_INDEX_URL"' in stages["deps-ml"]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.M), "upstream default, exact"
+    assert "ARG TORCH_VARIANT=cuda" in stages["deps-ml"]
+
+
+# ------------------------------------------------------------------------------ security (issue 17)
+PUBLISHED = {"kafka": "9092:29092", "registry": "8081:8080", "prometheus": "9090:9090", "grafana": "3000:3000"}
+
+
+def test_every_published_port_binds_loopback_unless_widened_by_one_variable() -> None:
+    published = {name: svc["ports"] for name, svc in df.compose()["services"].items() if svc.get("ports")}
+    assert set(published) == set(PUBLISHED)
+    for name, ports in published.items():
+        assert ports == [f"127.0.0.1:{PUBLISHED[name]}"], (name, ports)
+    # the one variable that widens them, and the only one
+    raw = df.raw_compose()["services"]
+    for name in PUBLISHED:
+        for port in raw[name]["ports"]:
+            assert port.startswith("${REFTRAIN_PUBLISH_ADDRESS:-127.0.0.1}:"), (name, port)
+    wide = df.interpolate(raw, {**df.REQUIRED_ENV, "REFTRAIN_PUBLISH_ADDRESS": "0.0.0.0"})
+    assert wide["kafka"]["ports"] == ["0.0.0.0:9092:29092"]
+    # the risk is documented where the variable is
+    doc = (df.REPO / "docs" / "compose.md").read_text()
+    assert "REFTRAIN_PUBLISH_ADDRESS" in doc and "firewall" in doc
+
+
+def test_prometheus_has_no_lifecycle_api_and_grafana_needs_a_password_from_the_environment() -> None:
+    assert not any("lifecycle" in str(a) for a in df.service("prometheus")["command"])
+    raw = df.raw_compose()["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert raw.startswith("${GRAFANA_ADMIN_PASSWORD:?"), raw
+    with pytest.raises(KeyError):
+        df.interpolate(df.raw_compose(), {})
+    compose = df.tool("docker-compose")
+    if compose is not None:  # the real tool refuses too
+        env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+        res = df.run([compose, "-f", str(df.COMPOSE), "config", "-q"], cwd=df.REPO, env=env)
+        assert res.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in res.stdout + res.stderr
+
+
+def test_every_container_is_hardened() -> None:
+    for name, svc in df.compose()["services"].items():
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert svc.get("mem_limit"), name
+        assert svc.get("privileged") is not True, name
+        if name in df.APP_SERVICES or name in ("init", "prometheus"):
+            assert svc.get("read_only") is True, name
+            assert any(str(m).split(":")[0] == "/tmp" for m in svc.get("tmpfs", [])), name
+    # only postgres adds capabilities back: the five its upstream entry point needs to switch user
+    added = {n: s["cap_add"] for n, s in df.compose()["services"].items() if s.get("cap_add")}
+    assert added == {"postgres": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]}
+
+
+def test_images_are_pinned_to_exact_releases() -> None:
+    for name, svc in df.compose()["services"].items():
+        image = svc["image"]
+        if image.startswith("reftrain:"):
+            continue  # built here from the Dockerfile
+        if "@sha256:" in image:
+            continue
+        tag = image.rsplit(":", 1)[1]
+        assert re.match(r"^v?\d+\.\d+(\.\d+)?(-[a-z]+)?$", tag), (name, image)
+        assert re.search(r"\d+\.\d+", tag) and tag != "latest", (name, image)
+    assert df.service("postgres")["image"] != "postgres:15"
+
+
+# ------------------------------------------------------------------------------ offline override
+STANDINS = {"kafka": "kafka", "postgres": "postgres", "registry": "registry", "prometheus": "prometheus",
+            "kcat": "kcat"}
+
+
+def test_offline_override_swaps_only_images_build_args_and_grafana() -> None:
+    over = df.load_yaml(df.OFFLINE)["services"]
+    base = df.compose()["services"]
+    assert set(over) <= set(base)
+    for name, svc in over.items():
+        if name in STANDINS:
+            assert set(svc) == {"image"}, name
+            assert svc["image"].startswith("reftrain-offline/"), name
+            dockerfile = df.REPO / "deploy" / "docker" / "offline" / f"{STANDINS[name]}.Dockerfile"
+            assert dockerfile.is_file(), dockerfile
+            assert svc["image"] in (df.REPO / "deploy" / "docker" / "offline" / "images.sh").read_text(), name
+        elif name == "grafana":
+            assert svc == {"profiles": ["grafana"]}
+        else:
+            assert set(svc) == {"build"}, name
+            assert svc["build"]["target"] == base[name]["build"]["target"], name
+            assert svc["build"]["args"] == {"PYTHON_IMAGE": "reftrain-offline/python:3.11", "TORCH_VARIANT": "cpu"}
+    # the stand-ins run the releases the compose file names, where Debian or Maven Central has them
+    assert over["kafka"]["image"].endswith(":" + base["kafka"]["image"].split(":")[1])
+    assert over["registry"]["image"].endswith(":" + base["registry"]["image"].split(":")[1])
+    compose = df.tool("docker-compose")
+    if compose is not None:
+        res = df.run([compose, "-f", str(df.COMPOSE), "-f", str(df.OFFLINE), "--profile", "cpu", "config", "-q"],
+                     cwd=df.REPO, env={**os.environ, **df.REQUIRED_ENV})
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_offline_kafka_takes_the_same_server_properties_as_compose(tmp_path: Path) -> None:
+    """kafka-run.sh turns the compose KAFKA_* variables into server.properties as apache/kafka does."""
+    script = (df.REPO / "deploy" / "docker" / "offline" / "kafka-run.sh").read_text()
+    conf = tmp_path / "server.properties"
+    # run only the translation part of the entry point, on the compose environment
+    head = script.split("cat >/opt/kafka/config/log4j2.yaml")[0].replace("/opt/kafka/config/server.properties",
+                                                                          str(conf))
+    env = {"PATH": os.environ["PATH"], **{k: str(v) for k, v in df.environment("kafka").items()}}
+    subprocess.run(["sh", "-c", head], env=env, check=True)
+    props = dict(line.split("=", 1) for line in conf.read_text().splitlines())
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://:9092,HOST://:29092,CONTROLLER://:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://kafka:9092,HOST://localhost:9092"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["auto.create.topics.enable"] == "false"
+    assert "heap.opts" not in props and len(props) == len(df.environment("kafka")) - 2  # CLUSTER_ID, HEAP
 
 
 def test_entrypoint_sets_instance_id_to_the_hostname_unless_given() -> None:
