@@ -59,9 +59,10 @@ test: venv deps ## the suite against the real local stack (started and stopped h
 	PYTHON=$(PY) $(STACK) fetch
 	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-test-all: venv deps ## every test, the long scenarios too
+test-all: venv deps ## every test: the suite with the slow scenarios, then the compose stack (make compose-test)
 	PYTHON=$(PY) $(STACK) fetch
-	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m 'not compose'
+	$(MAKE) -f $(ROOT)/Makefile compose-test
 
 test-unit: venv ## unit and contract tests only (no broker)
 	cd $(ROOT) && $(PY) -m pytest tests/unit tests/contract $(PYTEST_ARGS)
@@ -95,20 +96,15 @@ reset: down ## stop the stack and delete its data
 	$(STACK) reset
 
 # ---- containers (docs/compose.md): offline images, the compose stack, its test ------------------
-.PHONY: images compose-up compose-test compose-down test-all
+.PHONY: images compose-up compose-test compose-down
 images: venv ## build every image of the compose stack here, without Docker Hub (engine started if needed)
-	PYTHON=$(PY) deploy/docker/offline/images.sh
+	PYTHON=$(PY) $(ROOT)/deploy/docker/offline/images.sh
 
 compose-up: images ## docker compose up on the offline images, wait until every container is healthy
-	deploy/docker/compose.sh up
+	$(ROOT)/deploy/docker/compose.sh up
 
 compose-test: images ## the compose stack for real: replay, checks, 3 trainers, a kill, down -v (minutes)
-	$(PY) -m pytest tests/compose -m compose -s
+	cd $(ROOT) && $(PY) -m pytest tests/compose -m compose -s
 
 compose-down: ## docker compose down -v, and stop the Docker engine if compose-up started it
-	deploy/docker/compose.sh down
-
-test-all: venv ## every test, slow and compose ones included
-	PYTHON=$(PY) $(STACK) fetch
-	$(PY) -m pytest -m 'not compose'
-	$(MAKE) compose-test
+	$(ROOT)/deploy/docker/compose.sh down
