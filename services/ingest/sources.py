@@ -1,26 +1,9 @@
-"""Read candles from files: CSV, Parquet, or a Binance dump zip, in two layouts.
+"""Read candles from files: CSV, Parquet, or a Binance dump zip, in the ``simple`` (data/) or the
+``binance`` layout, and interleave several series in market order.
 
-Layouts:
-
-* ``simple`` (the layout of ``data/``): a header ``open_time_ms,open,high,low,close,volume[,trades]``.
-  ``close_time`` is derived as ``open_time + bar_ms - 1``.
-* ``binance`` (data.binance.vision kline dumps): 12 columns ``open_time, open, high, low, close,
-  volume, close_time, quote_volume, trades, taker_buy_base, taker_buy_quote, ignore``, normally
-  without a header (futures dumps carry one; it is accepted). ``close_time`` is taken from the file,
-  so a bar whose close_time disagrees with its timeframe is caught by validation, not hidden.
-
-Timestamps are epoch milliseconds; values in ``[1e14, 1e17)`` are microseconds (Binance spot dumps
-since 2025-01-01) and are converted to ms. An open time that is not a whole millisecond is a row
-error (it cannot be an aligned bar); a close time in us is floored (``...999_999 us`` ->
-``...999 ms``, the same Binance convention).
-
-Rows come back in file order. A row that cannot be turned into a Candle yields a :class:`RowError`
-(reason, row number, raw text) instead of raising, so one bad line never stops a file and the
-service can quarantine it. Parsed candles are NOT validated here (NaN, high < low, ...): that is the
-sequencer's job, so every candle source goes through one validation.
-
-The parsing itself is reftrain.candlefiles (the project's one candle-file reader); this module opens
-the files (CSV, zip, Parquet) and interleaves several series in market order.
+The parsing is reftrain.candlefiles, the project's one candle-file reader (layouts, ms/us
+timestamps, RowError per bad row): see its docstring. Parsed candles are NOT validated here (NaN,
+high < low, ...): that is the sequencer's job, so every candle source goes through one validation.
 """
 
 from __future__ import annotations
