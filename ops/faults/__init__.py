@@ -37,9 +37,10 @@ What it does:
 Exit status: 0 every check passed; 1 a check failed; 2 the campaign could not run.
 
 The package, one concern a module: ``config`` (sizes, service settings), ``stack`` (the private
-stack and its store faults), ``supervisor`` (restarts, liveness probe, recovery), ``injectors``
-(the faults), ``campaign`` (set-up, replay, schedule, drain), ``verdict`` (the checks, on top of
-ops.analysis), ``tables`` (markdown and terminal tables), ``__main__`` (the CLI).
+stack, chattr for the data-path fault), ``supervisor`` (restarts, back-off, liveness probe),
+``injectors`` (the faults and the recovery measurement), ``campaign`` (set-up, replay, schedule,
+drain), ``results`` (what is recorded), ``verdict`` (the checks, on top of ops.analysis),
+``tables`` (markdown and terminal tables), ``__main__`` (the CLI). Catalog outages use ops.catalog.
 """
 
 from __future__ import annotations
