@@ -35,6 +35,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.coordinator import build_series, merge_round_robin
+from ops.fixtures.support import ensure_topics
 from reftrain import settings
 from reftrain.observability import Health
 from reftrain.settings import PlatformSettings
@@ -44,8 +46,6 @@ from services.coordinator import metrics
 from services.coordinator.app import build_app
 from services.coordinator.processor import INPUTS
 from services.coordinator.settings import CoordinatorSettings
-from tests.integration.coordinator.scenario import build_series, merge_round_robin
-from tests.support import ensure_topics
 
 Event = tuple[str, str, dict[str, Any]]
 
@@ -169,8 +169,8 @@ class PlainLoop:
                 producer.begin_transaction()
                 stamps = []
                 for m in msgs:
-                    logical = self.cat.logical_of(m.topic())
-                    value = self.serdes.for_topic(logical).decode(m.value())
+                    logical = self.cat.logical_of(m.topic() or "")
+                    value = self.serdes.for_topic(logical).decode(m.value() or b"")
                     out = self.out.for_topic(logical)
                     producer.produce(out.topic, key=m.key(), value=out.encode(value),
                                      headers=[("content-type", out.content_type.encode())])

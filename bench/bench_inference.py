@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.support import real_candles
 from reftrain import schemas, settings
 from reftrain.model import init_model, predict_batch
 from reftrain.records import Candle
@@ -37,7 +38,6 @@ from reftrain.window import COLUMNS, Window
 from services.inference.models import ModelRegistry
 from services.inference.processor import InferenceProcessor
 from services.inference.refs import build_ref, model_input
-from tests.support import real_candles
 
 FILES = ["BTCUSDT-1m-2025-09-22_2025-09-25.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv",
          "BTCUSDT-1m-2025-10-29_2025-11-01.csv", "ETHUSDT-1m-2025-10-29_2025-11-01.csv"]

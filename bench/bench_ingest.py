@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +26,11 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
+from ops.fixtures.support import scratch_platform  # noqa: E402
 from reftrain import settings  # noqa: E402
 from reftrain.observability import Health  # noqa: E402
 from reftrain.records import candle_series  # noqa: E402
-from reftrain.settings import PlatformSettings  # noqa: E402
+from reftrain.settings import PlatformSettings, kafka_client_config  # noqa: E402
 from reftrain.store import CANDLE_COLS, LAKE, Store  # noqa: E402
 from reftrain.streams import Serdes, producer_config  # noqa: E402
 from reftrain.topics import CANDLES, TopicCatalogue  # noqa: E402
@@ -41,25 +39,6 @@ from services.ingest.kafka_io import KafkaPublisher  # noqa: E402
 from services.ingest.pipeline import Pipeline  # noqa: E402
 
 FILES = ("BTCUSDT-1m-2025-09-22_2025-09-25.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv")
-
-
-def _psql(info: dict[str, str], sql: str) -> None:
-    subprocess.run(["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
-                    "-U", info.get("user", "postgres"), "-d", "postgres", "-c", sql], check=True,
-                   capture_output=True)
-
-
-def fresh_platform(base: PlatformSettings, tmp: Path) -> tuple[PlatformSettings, dict[str, str], str]:
-    """A random topic prefix and a new, empty catalog database (as tests/conftest.py makes them)."""
-    if not base.store_catalog.startswith("postgres:"):
-        raise SystemExit("the bench needs a PostgreSQL catalog (STORE_CATALOG=postgres:...)")
-    info = dict(part.split("=", 1) for part in base.store_catalog.split(":", 1)[1].split())
-    db = f"bench_{uuid.uuid4().hex[:10]}"
-    _psql(info, f"create database {db}")
-    catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in {**info, "dbname": db}.items())
-    plat = replace(base, topic_prefix=f"bench{uuid.uuid4().hex[:8]}-", store_catalog=catalog,
-                   store_data_path=str(tmp / "lake"))
-    return plat, info, db
 
 
 def slice_files(tmp: Path, rows: int) -> list[str]:
@@ -78,8 +57,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500, help="candles per store commit")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    plat, info, db = fresh_platform(settings.platform(), tmp)
-    admin = AdminClient({"bootstrap.servers": plat.kafka_bootstrap_servers})
+    if not settings.platform().store_catalog.startswith("postgres:"):
+        raise SystemExit("the bench needs a PostgreSQL catalog (STORE_CATALOG=postgres:...)")
+    with scratch_platform(settings.platform(), "bench") as plat:
+        run(plat, tmp, args)
+
+
+def run(plat: PlatformSettings, tmp: Path, args: argparse.Namespace) -> None:
+    admin = AdminClient(kafka_client_config(plat))
     cat = TopicCatalogue(plat)
     cat.ensure(admin)
     raw_topic = f"{plat.topic_prefix}raw-candles"
@@ -109,7 +94,7 @@ def main() -> None:
         e0 = time.perf_counter()
         encoded = [(candle_series(c).encode(), serde.encode(c)) for c in candles]  # type: ignore[arg-type]
         encode_s = time.perf_counter() - e0
-        headers = [("content-type", serde.content_type.encode())]
+        headers: list[tuple[str, str | bytes | None]] = [("content-type", serde.content_type.encode())]
         producer = Producer(producer_config(plat))
         r0 = time.perf_counter()
         for key, value in encoded:
@@ -125,7 +110,6 @@ def main() -> None:
     finally:
         store.close()
         admin.delete_topics([raw_topic, *(s.name for s in cat.specs())])
-        _psql(info, f"drop database if exists {db}")
 
     other = ingest_s - st.store_seconds - st.publish_seconds - st.seed_seconds
     ingest_rate, raw_rate = n / ingest_s, n / raw_s

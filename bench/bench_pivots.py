@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +30,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.support import ensure_topics, produce_records, real_candles, scratch_platform
 from reftrain import settings
 from reftrain.observability import Health
 from reftrain.records import Candle
 from reftrain.serde import AvroSerde, registry_client
-from reftrain.settings import PlatformSettings
+from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.store import Store
 from reftrain.streams import Record, Serdes, StreamApp, consumer_config, producer_config
 from reftrain.topics import CANDLES, TopicCatalogue
@@ -48,7 +44,6 @@ from services.pivots.config import PivotSettings
 from services.pivots.detector import PivotDetector
 from services.pivots.processor import PivotProcessor
 from services.pivots.streaming import build_app
-from tests.support import ensure_topics, produce_records, real_candles
 
 FILES = ("BTCUSDT-1m-2025-09-22_2025-09-25.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv",
          "BTCUSDT-1m-2025-10-29_2025-11-01.csv", "ETHUSDT-1m-2025-10-29_2025-11-01.csv")
@@ -65,29 +60,6 @@ def load(files: tuple[str, ...], per_file: int | None) -> list[Candle]:
     for j in range(max(len(f) for f in feeds)):
         out.extend(f[j] for f in feeds if j < len(f))
     return out
-
-
-def fresh_store(base: PlatformSettings) -> tuple[PlatformSettings, Any]:
-    """A throw-away catalog database and data folder, so the bench never touches the real store."""
-    tmp = tempfile.mkdtemp(prefix="bench-pivots-")
-    if base.store_catalog.startswith("postgres:"):
-        info = dict(p.split("=", 1) for p in base.store_catalog.split(":", 1)[1].split())
-        db = f"bench_{uuid.uuid4().hex[:8]}"
-        psql = ["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
-                "-U", info.get("user", "postgres"), "-d", "postgres", "-c"]
-        subprocess.run([*psql, f"create database {db}"], check=True, capture_output=True)
-        info["dbname"] = db
-        catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
-
-        def cleanup() -> None:
-            subprocess.run([*psql, f"drop database if exists {db}"], check=False, capture_output=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        catalog = f"sqlite:{tmp}/catalog.sqlite"
-
-        def cleanup() -> None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return replace(base, store_catalog=catalog, store_data_path=f"{tmp}/lake"), cleanup
 
 
 def bench_detector(candles: list[Candle], repeat: int = 3) -> float:
@@ -110,7 +82,7 @@ def bench_plain(platform: PlatformSettings, n: int, batch_size: int) -> float:
     per batch with the offsets in it: the minimum any exactly-once Python processor pays."""
     cat = TopicCatalogue(platform)
     out_topic = f"{platform.topic_prefix}bench-plain-out"
-    admin = AdminClient({"bootstrap.servers": platform.kafka_bootstrap_servers})
+    admin = AdminClient(kafka_client_config(platform))
     for fut in admin.create_topics([NewTopic(out_topic, platform.topic_partitions,
                                              platform.topic_replication)]).values():
         fut.result()
@@ -135,7 +107,7 @@ def bench_plain(platform: PlatformSettings, n: int, batch_size: int) -> float:
             for m in msgs:
                 if m.error():
                     continue
-                value = decode.decode(m.value())
+                value = decode.decode(m.value() or b"")
                 producer.produce(out_topic, key=m.key(), value=encode.encode(value),
                                  headers=[("content-type", encode.content_type.encode())])
                 seen += 1
@@ -209,9 +181,7 @@ def main() -> None:
                          "commit per candle that confirms a pivot)")
     args = ap.parse_args()
 
-    base, cleanup = fresh_store(settings.platform())
-    platform = replace(base, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
-    try:
+    with scratch_platform(settings.platform()) as platform:  # never the real store or topics
         candles = load(FILES, args.per_file)
         n = len(candles)
         ensure_topics(platform)
@@ -236,8 +206,6 @@ def main() -> None:
             slow, _ = bench_service(platform, m, 20, per_record=True)
             print(f"  service, store write per candle ({m} candles): {slow:,.0f} candles/s "
                   f"(one write per transaction is {service / slow:.1f}x faster)")
-    finally:
-        cleanup()
 
 
 if __name__ == "__main__":

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import io
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import fastavro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.support import real_candles, scratch_platform
 from reftrain import schemas, settings
 from reftrain.serde import AvroSerde, registry_client
 from reftrain.store import Store
-from tests.support import real_candles
 
 
 def bench_serde(n: int = 20_000) -> None:
@@ -34,10 +33,11 @@ def bench_serde(n: int = 20_000) -> None:
     candles = real_candles("BTCUSDT-1m-2025-09-22_2025-09-25.csv", limit=2000)
     serde = AvroSerde(registry_client(platform.schema_registry_url), f"bench-{uuid.uuid4().hex[:6]}-candles",
                       "reftrain.Candle")
-    serde.decode(serde.encode(candles[0]))  # register + warm caches
+    records: list[dict[str, Any]] = [dict(c) for c in candles]
+    serde.decode(serde.encode(records[0]))  # register + warm caches
     t0 = time.perf_counter()
     for i in range(n):
-        serde.decode(serde.encode(candles[i % len(candles)]))
+        serde.decode(serde.encode(records[i % len(records)]))
     ours = n / (time.perf_counter() - t0)
     parsed = schemas.parsed_plain("reftrain.Candle")
     t0 = time.perf_counter()
@@ -52,12 +52,15 @@ def bench_serde(n: int = 20_000) -> None:
 
 
 def bench_window(reads: int = 100) -> None:
-    base = settings.platform()
-    db = f"bench_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-p", "15432", "-U", "postgres", "-c", f"create database {db}"],
-                   check=True)
-    catalog = base.store_catalog.replace("dbname=reftrain", f"dbname={db}")
-    store = Store.from_settings(replace(base, store_catalog=catalog, store_data_path=f"/tmp/{db}"))
+    with scratch_platform(settings.platform()) as platform:  # a new catalog: never anyone's data
+        store = Store.from_settings(platform)
+        try:
+            _bench_window(store, reads)
+        finally:
+            store.close()
+
+
+def _bench_window(store: Store, reads: int) -> None:
     candles = real_candles("BTCUSDT-1m-2025-09-22_2025-09-25.csv")
     for i in range(0, len(candles), 1000):
         store.append_candles(candles[i:i + 1000])

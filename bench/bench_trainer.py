@@ -18,11 +18,8 @@ inference logs them (tests/unit/trainer/trainer_synth.py). One torch thread (fas
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,28 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.support import real_candles, scratch_platform
+from ops.fixtures.trainer import BTC_1M, synth_jobs, window_of
 from reftrain import settings
 from reftrain.model import build_input, init_model, make_optimizer, training_step
 from reftrain.model.training import TargetBatch, job_target
 from reftrain.store import Store
 from services.trainer.batch import PendingJob, prepare, stack
 from services.trainer.windows import WindowFetcher, WindowRequest, verify_window
-from tests.support import real_candles
-from tests.unit.trainer.trainer_synth import BTC_1M, synth_jobs, window_of
 
 WINDOW = 600
-
-
-def fresh_store() -> Store:
-    """A store on a new catalog database, so the bench never touches anyone's data."""
-    base = settings.platform()
-    info = dict(part.split("=", 1) for part in base.store_catalog.split(":", 1)[1].split())
-    db = f"bench_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"),
-                    "-U", info.get("user", "postgres"), "-d", "postgres", "-c", f"create database {db}"], check=True)
-    info["dbname"] = db
-    catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
-    return Store.from_settings(replace(base, store_catalog=catalog, store_data_path=f"/tmp/{db}"))
 
 
 def bench_training(store: Store, jobs: list, candles: list, batch: int, fetch: int) -> None:
@@ -156,14 +141,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     candles = real_candles(BTC_1M, limit=args.candles)
     jobs = [j for j in synth_jobs(candles, WINDOW, max_pivot_jobs=0) if j["trigger"] == "CANDLE"]
-    store = fresh_store()
-    try:
-        store.append_candles(candles)
-        store.compact()  # Parquet files, as a long-running store would have
-        bench_fetch(store, jobs, candles, args.fetch)
-        bench_training(store, jobs[: args.train_jobs], candles, args.batch, args.fetch)
-    finally:
-        store.close()
+    with scratch_platform(settings.platform()) as platform:  # a new catalog: never anyone's data
+        store = Store.from_settings(platform)
+        try:
+            store.append_candles(candles)
+            store.compact()  # Parquet files, as a long-running store would have
+            bench_fetch(store, jobs, candles, args.fetch)
+            bench_training(store, jobs[: args.train_jobs], candles, args.batch, args.fetch)
+        finally:
+            store.close()
 
 
 if __name__ == "__main__":

@@ -34,14 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ops.fixtures.support import real_candles
+from ops.fixtures.trainer import BTC_1M, synth_jobs, window_of
 from reftrain.model import build_input, init_model, make_optimizer, training_step
 from reftrain.model.training import TargetBatch, job_target
+from reftrain.records import TrainingJob
 from reftrain.window import Window
 from services.trainer.batch import PendingJob
 from services.trainer.config import TrainerSettings
 from services.trainer.engine import TrainerEngine
-from tests.support import real_candles
-from tests.unit.trainer.trainer_synth import BTC_1M, synth_jobs, window_of
 
 WINDOW = 600
 FILES = (BTC_1M, "BTCUSDT-1m-2025-10-29_2025-11-01.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv")
@@ -113,8 +114,8 @@ class UtilSampler:
         return f"gpu util mean {statistics.fmean(self.samples):.0f}% max {max(self.samples):.0f}%"
 
 
-def build_jobs(n_per_file: int, window: int) -> tuple[list[dict], dict[tuple[str, str], Window]]:
-    jobs: list[dict] = []
+def build_jobs(n_per_file: int, window: int) -> tuple[list[TrainingJob], dict[tuple[str, str], Window]]:
+    jobs: list[TrainingJob] = []
     windows: dict[tuple[str, str], Window] = {}
     for i, f in enumerate(FILES):
         candles = real_candles(f, limit=window + n_per_file + 1)
@@ -153,7 +154,7 @@ def measure_step(device: torch.device, x_all: np.ndarray, targets: list, batch: 
     return rate, util.summary()
 
 
-def measure_pipeline(device: torch.device, jobs: list[dict], source: ArraySource, batch: int, fetch: int,
+def measure_pipeline(device: torch.device, jobs: list[TrainingJob], source: ArraySource, batch: int, fetch: int,
                      seconds: float, amp: bool) -> tuple[float, str]:
     settings = TrainerSettings(batch=batch, fetch_jobs=fetch, device=str(device), amp=amp, torch_threads=0)
     engine = TrainerEngine(source, settings, group="bench", topic="bench", publish=lambda v: None, device=device)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -212,12 +212,13 @@ def read_topic(platform: PlatformSettings, topic: str, logical: str | None = Non
         value: dict[str, Any] | None = None
         if serde is not None:
             try:
-                value = serde.decode(m.value())
+                value = serde.decode(m.value() or b"")
             except (DecodeError, InvalidRecordError):
                 out.undecodable += 1
                 continue
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
-        out.messages.append(Msg(topic, m.partition(), m.offset(), m.timestamp()[1],
+        raw_headers = cast(list[tuple[str, bytes | None]], m.headers() or [])
+        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in raw_headers}
+        out.messages.append(Msg(topic, m.partition() or 0, m.offset() or 0, m.timestamp()[1],
                                 key.decode("utf-8", "replace") if key is not None else None, value,
                                 headers, len(m.value() or b"")))
     return out

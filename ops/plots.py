@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ops.analysis import Analysis, _series_sort
@@ -63,11 +64,7 @@ def price_with_pivots(a: Analysis, out: Path, max_series: int = 4) -> Path | Non
         ax.grid(alpha=0.25)
         ax.legend(loc="best", fontsize=7, ncols=3)
     axes[-1, 0].set_xlabel("open time (UTC)")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def loss_curve(training: dict[str, Any], out: Path) -> Path | None:
@@ -88,11 +85,7 @@ def loss_curve(training: dict[str, Any], out: Path) -> Path | None:
     ax.set_title("training loss over model versions")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def accuracy_by_version(training: dict[str, Any], out: Path) -> Path | None:
@@ -116,6 +109,11 @@ def accuracy_by_version(training: dict[str, Any], out: Path) -> Path | None:
     ax.set_title("out-of-sample accuracy by model version vs baselines")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    """Lay out, write and close a figure (closed: a long report makes many)."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

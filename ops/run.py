@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ from rich.console import Console
 
 from deploy.init import init_cluster
 from ops import report as report_mod
+from ops.catalog import CatalogError, drop_catalog, fresh_catalog
 from ops.kafkaview import KafkaView
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
 from ops.progress import Monitor, ProgressView
@@ -167,44 +167,6 @@ def start_local_stack(console: Console) -> None:
         _stack("up")
     except subprocess.CalledProcessError as exc:
         raise RunError(f"deploy/local/stack.sh up failed ({exc.returncode}); see its output above") from exc
-
-
-def _psql() -> str:
-    found = shutil.which("psql") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), reverse=True)), None)
-    if not found:
-        raise RunError("psql not found (PostgreSQL client); deploy/local/stack.sh installs it")
-    return found
-
-
-def _pg(catalog: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in catalog.split(":", 1)[1].split())
-
-
-def _psql_cmd(info: dict[str, str], sql: str) -> list[str]:
-    return [_psql(), "-q", "-h", info.get("host", "127.0.0.1"), "-p", info.get("port", "5432"), "-U",
-            info.get("user", "postgres"), "-d", "postgres", "-c", sql]
-
-
-def fresh_catalog(catalog: str, name: str) -> str:
-    """A new, empty catalog database for the run (PostgreSQL), like tests/conftest.py does per test."""
-    if not catalog.startswith("postgres:"):
-        return catalog
-    info = _pg(catalog)
-    res = subprocess.run(_psql_cmd(info, f"create database {name}"), capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RunError(f"cannot create catalog database {name}: {res.stderr.strip()}")
-    info["dbname"] = name
-    return "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
-
-
-def drop_catalog(catalog: str) -> None:
-    """Drop a run's catalog database; never the stack's own ones (default catalog, registry, system)."""
-    if catalog.startswith("postgres:"):
-        info = _pg(catalog)
-        if info.get("dbname", "reftrain") in ("reftrain", "registry", "postgres", "template0", "template1"):
-            return
-        subprocess.run(_psql_cmd(info, f"drop database if exists {info['dbname']} with (force)"),
-                       capture_output=True, text=True)
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -377,7 +339,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
         interrupted = True
         failure = f"interrupted ({exc})"
         console.print(f"[yellow]{failure}: stopping services[/yellow]")
-    except RunError as exc:
+    except (RunError, CatalogError) as exc:
         failure = str(exc)
         console.print(f"[bold red]run failed:[/bold red] {exc}")
     except Exception as exc:  # a bug or an outage: still stop everything below, and say what happened

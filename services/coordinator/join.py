@@ -4,7 +4,7 @@ Pure logic, no Kafka: the wiring feeds records in arrival order, publishes ``Out
 ``Output.changes`` to the changelog inside the same transaction, and on start-up replays that
 changelog through ``JoinEngine.restore``.
 
-Semantics (DESIGN §5, §6.5-6.8), per series ``SYMBOL:TIMEFRAME``:
+Semantics (docs/semantics.md, rules 5-8), per series ``SYMBOL:TIMEFRAME``:
 
 * CANDLE: a ref joins the candle whose open_time == ref.target_timestamp, whichever arrives first.
 * PIVOT: a pivot joins every ref with ``|ref.data_range_end - pivot.pivot_time| <= pivot_window``,

@@ -4,7 +4,7 @@ Written to be obviously right rather than fast (quadratic in refs x pivots), and
 ``join.py``: it shares only the config knobs and ``reftrain.records``. The unit tests, the e2e report
 and the fault tests compare the coordinator's output with ``batch_join`` over the same topics.
 
-Rules (the data rules of DESIGN §6.5-6.7; nothing here depends on arrival order or time):
+Rules (docs/semantics.md, rules 5-7; nothing here depends on arrival order or time):
 
 * valid inputs only: a known timeframe; refs with target_timestamp > data_range_end; pivots with
   0 <= confirmed_at - pivot_time <= D (max_pivot_confirmation_bars of their timeframe, by default

@@ -38,7 +38,7 @@ DEFAULT_PORT = 8004
 class CoordinatorSettings:
     """Join knobs (see config.py for what each bound guarantees), alignment and transaction knobs."""
 
-    #: ± ms around a pivot's pivot_time within which a ref's data_range_end joins it (DESIGN §6.6).
+    #: ± ms around a pivot's pivot_time within which a ref's data_range_end joins it (docs/semantics.md, rule 6).
     pivot_window_ms: int = DEFAULT_PIVOT_WINDOW_MS
     pivot_window_ms_by_timeframe: dict[str, int] = field(default_factory=dict)
     #: D: pivots confirmed more than D bars after pivot_time join nothing (a data rule, §6.7).

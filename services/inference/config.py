@@ -18,7 +18,7 @@ DEFAULT_PORT = 8003
 class InferenceSettings:
     """Environment ``INFERENCE_<FIELD>``:
 
-    * ``window``: candles (rows) per model input; a ref's ``window_size`` (DESIGN §5: 600).
+    * ``window``: candles (rows) per model input; a ref's ``window_size`` (docs/semantics.md, Records: 600).
     * ``horizon``: bars from the inference time to ``target_timestamp`` (1 = the next candle).
     * ``device``: torch device ('cpu', 'cuda', 'cuda:1'); empty = CUDA when available, else CPU.
     * ``torch_threads``: intra-op threads. 1 by default: on a small shared box extra threads spin

@@ -8,7 +8,7 @@ inference time ``T``)::
     window(c) = the last ``window_size`` rows of ``s`` in the store with open_time <= T
 
 * **No look-ahead.** Rows are bounded by ``open_time <= T`` and the last row must BE the candle at
-  ``T`` (ingest writes before it publishes, DESIGN §6.1). The target candle, ``T + horizon`` bars, is
+  ``T`` (ingest writes before it publishes, docs/semantics.md rule 1). The target candle, ``T + horizon`` bars, is
   strictly after ``T`` (``horizon >= 1``), so it can never be in its own window.
 * **Never padded.** With fewer than ``window_size`` rows at or before ``T`` there is no prediction:
   the service waits for more history (``WAITING``, counted), nothing is filled in.
@@ -17,11 +17,11 @@ inference time ``T``)::
   range ``[data_range_start, data_range_end]`` spans ``bars_spanned = (end - start) / bar + 1``
   bars, which is ``window_size + missing_bars``. The ref's ``window_size`` (row count) and range
   therefore tell the truth, and re-reading the range returns exactly those rows (and the same
-  checksum) unless a missing bar is later back-filled; the trainer's row-count check (DESIGN §6.4)
+  checksum) unless a missing bar is later back-filled; the trainer's row-count check (semantics rule 4)
   then rejects the ref. Nothing is interpolated: the model sees the rows as they are.
 * **Target across a gap.** ``target_timestamp = T + horizon * bar`` in calendar bars, not "the
   horizon-th next row": the prediction is about a point in time. If the exchange never produces
-  that bar, the CANDLE join never fires and the ref expires (DESIGN §6.7) or joins a pivot.
+  that bar, the CANDLE join never fires and the ref expires (semantics rule 7) or joins a pivot.
 * **Missing candle.** If the newest row at or before ``T`` is not ``T`` itself, the candle is not in
   the store (an ingest that published before writing): ``NOT_IN_STORE``, counted, no ref, because
   a window ending earlier would claim an inference time the model never saw.

@@ -1,8 +1,8 @@
 """Binance public kline WebSocket: message parsing and a reconnecting client.
 
 Binance pushes an update of the forming candle about every 2 s (``k.x == false``) and one last
-update when it closes (``k.x == true``). Only closed candles are candles in this system (DESIGN:
-``candles`` carries COMPLETED candles only), so in-progress updates are parsed, counted and
+update when it closes (``k.x == true``). Only closed candles are candles in this system (docs/semantics.md,
+rule 2: ``candles`` carries COMPLETED candles only), so in-progress updates are parsed, counted and
 dropped. Both the raw stream (``/ws/btcusdt@kline_1m``) and the combined-stream wrapper
 (``/stream?streams=...``, ``{"stream": ..., "data": {...}}``) are understood.
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from reftrain import settings
+from reftrain.candlefiles import OverlongLine
 
 #: One WebSocket message (a kline event is ~600 bytes); a bigger one closes the connection (1009)
 #: and the stream reconnects with back-off. The connection also has an open timeout (10 s) and
@@ -45,10 +46,6 @@ def load() -> IngestLimits:
     return settings.load(IngestLimits, "INGEST_")
 
 
-class OverlongLine(str):
-    """The first ``max_line_chars`` characters of a line that was longer (the rest was skipped)."""
-
-    length: int = 0
 
 
 def bounded_lines(stream: IO[str], max_chars: int | None = None) -> Iterator[str]:

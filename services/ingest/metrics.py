@@ -1,6 +1,6 @@
 """Prometheus metrics of the ingest service (module level: one registry per process).
 
-Every outcome of an input candle has a counter (DESIGN 6.10), so an operator can tell "the file had
+Every outcome of an input candle has a counter (docs/semantics.md, rule 10), so an operator can tell "the file had
 3 duplicates" from "3 candles were lost". Latency histograms separate the store commit from the
 Kafka publish, the two halves of write-before-publish.
 """

@@ -1,6 +1,6 @@
 """Ingest orchestration: source items -> sequencing -> indicators/aggregation -> store -> topic.
 
-Write before publish (DESIGN 6.1): accepted candles, their derived higher-timeframe candles and
+Write before publish (docs/semantics.md, rule 1): accepted candles, their derived higher-timeframe candles and
 their indicator values are committed to the store in one transaction per batch; only then is the
 batch produced to ``candles``, and the next batch is not committed before every delivery of this
 one is confirmed. A crash therefore leaves, per series, the topic a prefix of the store, short by

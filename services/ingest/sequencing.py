@@ -1,6 +1,6 @@
 """Per-series sequencing: decide what happens to each incoming candle before it is stored.
 
-Every candle gets exactly one :class:`Verdict` (DESIGN 6.10: bad input has a defined outcome and a
+Every candle gets exactly one :class:`Verdict` (docs/semantics.md rule 10: bad input has a defined outcome and a
 counter, never a silent drop):
 
 =============  ==========================  ==================================================

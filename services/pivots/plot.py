@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.ticker import FuncFormatter
 
+from reftrain.candlefiles import load_candles
 from reftrain.records import Candle, Pivot
-from services.pivots.csvdata import load_candles_csv
 from services.pivots.detector import DEFAULT_STRENGTHS, detect_pivots
 
 # Marker size, colour for HIGH, colour for LOW, per level (1-based; later levels reuse the last style).
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--levels must be 1..{len(args.strengths)}")
     if args.last is not None and args.last < 1:
         ap.error("--last must be >= 1")
-    candles = load_candles_csv(args.csv)
+    candles = load_candles(args.csv)
     if not candles:
         ap.error(f"{args.csv} has no candles")
     pivots = detect_pivots(candles, args.strengths)

@@ -2,7 +2,7 @@
 ModelVersion publishing, around the broker-free ``TrainerEngine``.
 
 Why not ``reftrain.streams.StreamApp``: the trainer's exactly-once effect is not a Kafka transaction
-but a model checkpoint that records the offsets it covers (DESIGN §6.9, lineage.py). The consumer
+but a model checkpoint that records the offsets it covers (docs/semantics.md rule 9, lineage.py). The consumer
 therefore seeks, on assignment, to the offset of the partition's manifest instead of the group's
 committed offset, and commits offsets to Kafka only as part of a checkpoint (where the commit doubles
 as a fence against a member that lost the partition). Consumer-group membership gives "one replica

@@ -1,4 +1,4 @@
-"""The bookkeeping of exactly-once training (DESIGN §6.9): checkpoint paths, the per-partition
+"""The bookkeeping of exactly-once training (docs/semantics.md, rule 9): checkpoint paths, the per-partition
 manifest that is the protocol's commit point, job digests, and reading a lineage back.
 
 The protocol (services/trainer/README.md has the long form):

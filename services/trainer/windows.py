@@ -1,5 +1,5 @@
 """Fetching the windows of a whole batch of jobs in one pass, an in-memory per-series cache, and
-the verification of each window against its reference (DESIGN §6.4, §8).
+the verification of each window against its reference (docs/semantics.md, rule 4 and Store).
 
 Why: a 600-row window read through DuckLake costs 6-8 ms; a slice of an in-memory array costs
 microseconds. Consecutive jobs of a series share 599 of their 600 rows, so the fetcher reads, per

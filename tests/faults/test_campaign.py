@@ -1,4 +1,4 @@
-"""The fault campaign (ops/faults.py) as a test: the whole loop on real data, on a PRIVATE stack (the
+"""The fault campaign (ops/faults/) as a test: the whole loop on real data, on a PRIVATE stack (the
 broker and the registry are stopped during the campaign, so it never touches the shared stack),
 with kill -9 of every service, kills inside a trainer checkpoint and during a rebalance, a broker
 stop/restart, a registry stop/restart, a store outage and a trainer replica added and removed.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.pivots.csvdata import load_candles_csv
+from reftrain.candlefiles import load_candles
 from services.pivots.detector import PivotDetector, detect_pivots
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -17,7 +17,7 @@ def ms(text: str) -> int:
 
 
 def test_worked_example_l4_low_of_2025_09_24_0411() -> None:
-    candles = load_candles_csv(CSV)
+    candles = load_candles(CSV)
     pivots = detect_pivots(candles)
     at = ms("2025-09-24 04:11")
     chain = [(p["level"], p["kind"], p["price"], p["confirmed_at"]) for p in pivots if p["pivot_time"] == at]
@@ -53,7 +53,7 @@ def test_worked_example_l4_low_of_2025_09_24_0411() -> None:
 
 def test_worked_example_tie_at_2025_09_24_2213() -> None:
     """Two equal highs 113647.58 (22:13, 22:14) are no L1 HIGH, so the 22:04 high of 113646.0 stands."""
-    candles = load_candles_csv(CSV)
+    candles = load_candles(CSV)
     by_time = {c["open_time"]: c for c in candles}
     assert by_time[ms("2025-09-24 22:13")]["high"] == by_time[ms("2025-09-24 22:14")]["high"] == 113647.58
     highs = {(p["level"], p["pivot_time"]) for p in detect_pivots(candles) if p["kind"] == "HIGH"}

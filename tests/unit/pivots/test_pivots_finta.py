@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from services.pivots.csvdata import load_candles_csv
+from reftrain.candlefiles import load_candles
 from services.pivots.detector import detect_pivots
 
 pytest.importorskip("finta", reason="dev dependency finta==1.3 (the level-1 cross-check) is not installed")
@@ -45,7 +45,7 @@ def centre_is_unique(values: npt.NDArray[np.float64], p: int) -> npt.NDArray[np.
 
 @pytest.mark.parametrize("name", FILES)
 def test_level1_equals_finta_fractals_under_the_tie_mapping(name: str) -> None:
-    candles = load_candles_csv(DATA / name)
+    candles = load_candles(DATA / name)
     df = pd.DataFrame(
         {
             "open": [c["open"] for c in candles],

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reftrain.candlefiles import load_candles
 from reftrain.records import Candle, Pivot
-from services.pivots.csvdata import load_candles_csv
 from services.pivots.detector import DEFAULT_STRENGTHS, CandleOutcome, PivotDetector, detect_pivots
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -20,7 +20,7 @@ FILES = sorted(p.name for p in DATA.glob("*.csv"))
 
 @cache
 def load(name: str) -> tuple[Candle, ...]:
-    return tuple(load_candles_csv(DATA / name))
+    return tuple(load_candles(DATA / name))
 
 
 def run_stream(candles: Sequence[Candle], strengths: Sequence[int] = DEFAULT_STRENGTHS) -> list[Pivot]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import fastavro
 import pytest
 
+from reftrain.candlefiles import load_candles
 from reftrain.records import Candle, Pivot, pivot_id, series_key
 from reftrain.validation import validate_pivot
-from services.pivots.csvdata import load_candles_csv
 from services.pivots.detector import (
     DEFAULT_STRENGTHS,
     CandleOutcome,
@@ -216,7 +216,7 @@ def test_levels_beyond_the_configured_count_are_not_emitted() -> None:
 
 def test_records_match_the_contract_and_the_avro_schema() -> None:
     schema = fastavro.parse_schema(json.loads((ROOT / "schemas" / "pivot.avsc").read_text()))
-    cs = load_candles_csv(ROOT / "data" / "LTCUSD-1m-2018-04-05_2018-04-06.csv")
+    cs = load_candles(ROOT / "data" / "LTCUSD-1m-2018-04-05_2018-04-06.csv")
     pivots = detect_pivots(cs, (2, 3, 2))
     assert {p["strength"] for p in pivots if p["level"] == 2} == {3}
     for p in pivots:
@@ -332,7 +332,7 @@ def test_from_dict_refuses_unknown_versions_and_oversized_state() -> None:
 
 
 def test_state_stays_bounded_on_a_long_real_series() -> None:
-    cs = load_candles_csv(ROOT / "data" / "BTCUSDT-1h-2017-08-17_2024-04-21.csv")
+    cs = load_candles(ROOT / "data" / "BTCUSDT-1h-2017-08-17_2024-04-21.csv")
     strengths = (2, 3, 2, 2, 4)
     det = PivotDetector("BTCUSDT", "1h", strengths)
     for c in cs:
