@@ -15,14 +15,14 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain.errors import DecodeError, InvalidRecordError
 from reftrain.settings import PlatformSettings, kafka_client_config
-from reftrain.streams import Serdes
+from reftrain.streams import Serdes, message_headers
 from reftrain.topics import TopicCatalogue
 
 TP = tuple[str, int]
@@ -212,12 +212,11 @@ def read_topic(platform: PlatformSettings, topic: str, logical: str | None = Non
         value: dict[str, Any] | None = None
         if serde is not None:
             try:
-                value = serde.decode(m.value() or b"")
+                value = serde.decode(m.value())
             except (DecodeError, InvalidRecordError):
                 out.undecodable += 1
                 continue
-        raw_headers = cast(list[tuple[str, bytes | None]], m.headers() or [])
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in raw_headers}
+        headers = {k: v.decode("utf-8", "replace") for k, v in message_headers(m)}
         out.messages.append(Msg(topic, m.partition() or 0, m.offset() or 0, m.timestamp()[1],
                                 key.decode("utf-8", "replace") if key is not None else None, value,
                                 headers, len(m.value() or b"")))

@@ -101,7 +101,7 @@ class AvroSerde:
         assert out is not None
         return out
 
-    def schema_id(self, data: bytes) -> int:
+    def schema_id(self, data: bytes | None) -> int:
         if data is None or len(data) < HEADER.size:
             raise DecodeError(f"message of {0 if data is None else len(data)} bytes is shorter than the "
                               f"5-byte wire-format header")
@@ -125,11 +125,14 @@ class AvroSerde:
             raise RegistryUnavailableError(str(exc)) from exc
         except Exception as exc:
             raise RegistryUnavailableError(f"registry lookup of id {schema_id} failed: {exc}") from exc
-        name = schemas.record_name_of(registered.schema_str)
+        schema_str = registered.schema_str
+        if schema_str is None:  # the registry answered without a schema text
+            raise UnknownSchemaError(f"schema id {schema_id} has no schema text in the registry")
+        name = schemas.record_name_of(schema_str)
         if name != self.record:
             raise WrongRecordTypeError(f"schema id {schema_id} is {name}, topic {self.topic} carries {self.record}")
         try:
-            fp = schemas.fingerprint(registered.schema_str)
+            fp = schemas.fingerprint(schema_str)
         except Exception as exc:  # unparseable schema text
             raise DecodeError(f"writer schema id {schema_id} does not parse: {exc}") from exc
         if fp not in self._shipped:
@@ -138,12 +141,14 @@ class AvroSerde:
                 f"{len(self._shipped)} releases in schemas/history; not decoded")
             self._refused[schema_id] = err
             raise err
-        writer = fastavro.parse_schema(schemas.strip_logical_types(json.loads(registered.schema_str)))
+        writer = fastavro.parse_schema(schemas.strip_logical_types(json.loads(schema_str)))
         self._writers[schema_id] = writer
         return writer
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def decode(self, data: bytes | None) -> dict[str, Any]:
         """Bytes -> validated record; raises DecodeError subclasses or InvalidRecordError."""
+        if data is None:
+            raise DecodeError("message without a value (a tombstone) is no record")
         schema_id = self.schema_id(data)
         writer = self._writer_schema(schema_id)
         buf = io.BytesIO(data)

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -124,6 +124,13 @@ class Serdes:
         return serde
 
 
+def message_headers(msg: Message) -> list[tuple[str, bytes]]:
+    """A consumed message's headers as (name, bytes) pairs; librdkafka gives None for a header
+    without a value, kept as b"" so a DLQ copy carries every header."""
+    raw = cast("list[tuple[str, bytes | None]]", msg.headers() or [])  # consumed headers: (name, bytes or None)
+    return [(k, v or b"") for k, v in raw]
+
+
 def error_headers(msg: Message, error: Exception, service: str) -> list[tuple[str, bytes]]:
     reason = getattr(error, "reason", type(error).__name__)
     return [
@@ -148,7 +155,7 @@ def dead_letter(producer: Producer, catalogue: TopicCatalogue, service: str, msg
     logical = catalogue.logical_of(topic)
     reason = str(getattr(error, "reason", type(error).__name__))
     obs.DLQ_TOTAL.labels(service, logical, reason).inc()
-    headers = list(msg.headers() or []) + error_headers(msg, error, service)
+    headers = message_headers(msg) + error_headers(msg, error, service)
     value, truncation = dlq_value(msg.key(), msg.value(), headers)
     log.warning("dead-lettered message", extra={
         "topic": topic, "partition": msg.partition(), "offset": msg.offset(),
@@ -326,11 +333,12 @@ class StreamApp:
                 for m in restorer.consume(1000, 0.5):
                     if m.error():
                         continue
-                    key = m.key().decode()
-                    if m.value() is None:
+                    key = (m.key() or b"").decode()
+                    data = m.value()
+                    if data is None:
                         state.pop(key, None)
                     else:
-                        state[key] = json.loads(m.value())
+                        state[key] = json.loads(data)
             return state
         finally:
             restorer.close()
@@ -457,13 +465,15 @@ class StreamApp:
         counter.inc()
         error: Exception
         try:
-            key = msg.key().decode("utf-8") if msg.key() is not None else None
+            raw_key = msg.key()
+            key = raw_key.decode("utf-8") if raw_key is not None else None
         except UnicodeDecodeError as exc:
             error = DecodeError(f"key is not UTF-8: {exc}")
         else:
             try:
                 value = self.serdes.for_topic(logical).decode(msg.value())
-                return Record(logical, key, value, msg.partition(), msg.offset(), msg.timestamp()[1])
+                # A consumed message always has its partition and offset.
+                return Record(logical, key, value, msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1])
             except (DecodeError, InvalidRecordError) as exc:
                 error = exc
         if before_dead_letter is not None:

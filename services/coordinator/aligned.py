@@ -195,7 +195,7 @@ class AlignedStreamApp(StreamApp):
         for msg in msgs:
             if not is_record(msg):
                 continue
-            part = self._parts.get(msg.partition())
+            part = self._parts.get(msg.partition() or 0)  # a consumed message always has its partition
             if part is None:  # not (or no longer) ours: the owner re-reads it from the committed offset
                 continue
             logical = self.catalogue.logical_of(msg.topic() or "")
@@ -324,7 +324,7 @@ class AlignedStreamApp(StreamApp):
             part = self._parts.get(tp.partition)
             q = part.queues.get(self.catalogue.logical_of(tp.topic)) if part else None
             if q:
-                out.append(TopicPartition(tp.topic, tp.partition, q[0].msg.offset()))
+                out.append(TopicPartition(tp.topic, tp.partition, q[0].msg.offset() or 0))
             elif tp.offset != OFFSET_INVALID:
                 out.append(tp)
         return out

@@ -27,7 +27,7 @@ from reftrain.records import Candle, candle_series
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde
 from reftrain.settings import PlatformSettings
-from reftrain.streams import consumer_config, producer_config
+from reftrain.streams import consumer_config, message_headers, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,10 @@ class KafkaPublisher:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  headers: list[tuple[str, bytes]]) -> None:
+        wire_headers: list[tuple[str, str | bytes | None]] = list(headers)
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery)
+                self.producer.produce(topic, key=key, value=value, headers=wire_headers, on_delivery=self._on_delivery)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.05)
@@ -188,7 +189,7 @@ def _read_span(consumer: Consumer, topic: str, partition: int, start: int, end: 
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise KafkaBoundaryError(f"reading {topic}[{partition}]: {err}")
-            if m.offset() < end:
+            if (m.offset() or 0) < end:  # a consumed message always has its offset
                 yield m
         pos = consumer.position([tp])[0].offset
         if pos >= end:
@@ -259,8 +260,8 @@ def published_dead_ids(platform: PlatformSettings, dlq_topic: str, timeout: floa
             if hi <= lo:
                 continue
             for m in _read_span(consumer, dlq_topic, p, lo, hi, deadline):
-                for k, v in m.headers() or []:
-                    if k == QUARANTINE_ID_HEADER and v is not None:
+                for k, v in message_headers(m):
+                    if k == QUARANTINE_ID_HEADER and v:
                         ids.add(v.decode("utf-8", "replace"))
     finally:
         consumer.close()
