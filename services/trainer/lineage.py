@@ -108,6 +108,9 @@ class ModelEntry:
     trained_jobs: int
     jobs_digest: str
     created_at: int
+    #: sha256 of the checkpoint file (announced in ModelVersion.checkpoint_sha256, checked on load);
+    #: "" in manifests written before it existed
+    sha256: str = ""
 
 
 @dataclass
