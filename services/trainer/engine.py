@@ -28,7 +28,6 @@ import torch
 
 from reftrain.adapters import (
     CandleExample,
-    PivotExample,
     TrainingAdapter,
     load_adapter,
     load_checkpoint,
@@ -172,7 +171,7 @@ class TrainerEngine:
             self.warm_up()
 
     def warm_up(self, rows: int = 600) -> None:
-        """One throwaway step of each kind before joining the group. The first AdamW in a process
+        """One throwaway CANDLE step before joining the group. The first AdamW in a process
         imports half of torch (measured 2-7 s on a busy 2-core box) and the first steps initialise
         the CPU kernels; paid here, it does not hold partitions (and their models) idle."""
         t0 = time.perf_counter()
@@ -184,8 +183,9 @@ class TrainerEngine:
         params = adapter.norm_params(window)
         x = adapter.features(window, params)
         candle = {"open": closes[-1], "high": closes[-1], "low": closes[-1], "close": closes[-1]}
+        # one step: the pivot step uses the same kernels
         adapter.train_candle([CandleExample("warm", x, params, candle, 2)])
-        adapter.train_pivot([PivotExample("warm", x, params, {"kind": "LOW", "level": 1}, 2)])
+        self._probe = adapter  # reused as the scheme probe (features do not depend on weights)
         log.info("warmed up", extra={"seconds": round(time.perf_counter() - t0, 3), "device": str(self.device),
                                      "adapter": self.adapter_cls.kind()})
 

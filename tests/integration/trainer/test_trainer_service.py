@@ -177,7 +177,7 @@ class Trainers:
         self.procs.append(proc)
         return proc
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
         url = f"http://127.0.0.1:{proc.port}/readyz"  # type: ignore[attr-defined]
         assert wait_http(url, timeout), f"not ready: {tail(proc)}"
 
