@@ -37,7 +37,10 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from reftrain import labels
+from reftrain.model.features import candle_logrets
 from reftrain.model.network import RefTrainNet, exact_math, to_device
+from reftrain.records import TrainingJob
 
 CANDLE_LOSS_WEIGHT = 1.0
 PIVOT_LOSS_WEIGHT = 0.35
@@ -99,6 +102,27 @@ class TargetBatch:
             if t.pivot is not None:
                 out.pivot[i], out.pivot_mask[i] = t.pivot, 1.0
         return out
+
+
+def job_target(job: TrainingJob) -> SampleTarget:
+    """The built-in network's target of a TrainingJob, labelled by ``reftrain.labels`` (benches and
+    tools; the trainer labels from the verified window, which gives the same result for logret-v1,
+    whose ``ret_scale`` IS the window volatility of the label rule)."""
+    ref = job["ref"]
+    if job["trigger"] == "CANDLE":
+        c = job["actual_candle"]
+        if c is None:
+            raise ValueError(f"CANDLE job {job['job_id']} has no actual_candle")
+        p = ref["norm_params"]["params"]
+        action = labels.action_label(float(p["last_close"]), float(c["close"]), float(p["ret_scale"]))
+        z = candle_logrets(ref["norm_params"], c["open"], c["high"], c["low"], c["close"])
+        return SampleTarget(action=labels.ACTION_INDEX[action], candle=z.astype(np.float32))
+    if job["trigger"] == "PIVOT":
+        if job["pivot"] is None:
+            raise ValueError(f"PIVOT job {job['job_id']} has no pivot")
+        lab = labels.pivot_label(int(ref["data_range_end"]), job["pivot"])
+        return SampleTarget(pivot=None if lab is None else labels.PIVOT_INDEX[lab])
+    raise ValueError(f"unknown trigger {job['trigger']!r}")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
