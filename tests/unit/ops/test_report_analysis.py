@@ -121,3 +121,12 @@ def test_percentiles_nearest_rank() -> None:
     p = percentiles(list(range(1, 101)))
     assert (p["p50"], p["p90"], p["p99"], p["max"], p["n"]) == (50, 90, 99, 100, 100)
     assert percentiles([])["p50"] is None
+
+
+def test_report_renders_the_model_vs_baselines_tables(inputs: Inputs) -> None:
+    from ops import report
+
+    rep = report.build(inputs, title="t", meta={}, stages=[], with_plots=False)
+    md = report.render_markdown(rep)
+    assert "Model vs baselines (ops.scoring" in md and "Reliability of confidence" in md
+    assert "log loss prior" in md
