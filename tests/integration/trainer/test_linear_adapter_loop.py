@@ -72,7 +72,10 @@ def test_linear_adapter_runs_the_loop_end_to_end(platform: PlatformSettings, pla
     inf_log, inf_port = tmp_path / "inference.log", free_port()
     inference = start_service("services.inference", platform_env,
                               {**LINEAR, "HTTP_PORT": str(inf_port), "INSTANCE_ID": "inference-0"}, inf_log)
-    trainer = None
+    tr_log, tr_port = tmp_path / "trainer.log", free_port()
+    trainer: subprocess.Popen[bytes] | None = start_service("services.trainer", platform_env, {
+        **LINEAR, "HTTP_PORT": str(tr_port), "INSTANCE_ID": "trainer-0", "TRAINER_DEVICE": "cpu",
+        "TRAINER_CHECKPOINT_SECONDS": "1"}, tr_log)  # starts while inference predicts: it idles until jobs come
     try:
         refs_metric = f'reftrain_inference_refs_total{{series="{KEY}"}}'
         wait_for(lambda: metric(inf_port, refs_metric) >= 101, "101 refs", inference, inf_log)
@@ -85,10 +88,7 @@ def test_linear_adapter_runs_the_loop_end_to_end(platform: PlatformSettings, pla
         assert {j["trigger"] for j in jobs} == {"CANDLE", "PIVOT"}
         produce_records(platform, TRAINING_JOBS, [(j["model_key"], dict(j)) for j in jobs])
 
-        tr_log, tr_port = tmp_path / "trainer.log", free_port()
-        trainer = start_service("services.trainer", platform_env, {
-            **LINEAR, "HTTP_PORT": str(tr_port), "INSTANCE_ID": "trainer-0", "TRAINER_DEVICE": "cpu",
-            "TRAINER_CHECKPOINT_JOBS": str(len(jobs)), "TRAINER_CHECKPOINT_SECONDS": "1"}, tr_log)
+        assert trainer is not None
         versions = consume_all(platform, cat.name(MODEL_VERSIONS), expect=1, timeout=300)
         mv = decode_all(platform, MODEL_VERSIONS, versions)[0]
         assert mv["adapter"] == LinearAdapter.kind() and mv["version"] >= 1
@@ -96,8 +96,9 @@ def test_linear_adapter_runs_the_loop_end_to_end(platform: PlatformSettings, pla
         assert hashlib.sha256(data).hexdigest() == mv["checkpoint_sha256"]
         header, _ = read_header(data)
         assert (header["adapter"], header["scheme"]) == (LinearAdapter.name, LinearAdapter.scheme)
-        wait_for(lambda: metric(tr_port, 'reftrain_trainer_jobs_trained_total{trigger="PIVOT"}') > 0,
-                 "pivot jobs trained", trainer, tr_log)
+        trained = ('reftrain_trainer_jobs_trained_total{trigger="CANDLE"}',
+                   'reftrain_trainer_jobs_trained_total{trigger="PIVOT"}')
+        wait_for(lambda: sum(metric(tr_port, m) for m in trained) >= len(jobs), "every job trained", trainer, tr_log)
         assert stop_gracefully(trainer) == 0
         trainer = None
         # exactly once: the lineage of the newest checkpoint lists every job id once
