@@ -81,6 +81,11 @@ run: venv deps ## the whole loop on the bundled real data: stack, services, repl
 report: venv ## the report of a running stack ($$TOPIC_PREFIX), or REPORT_ARGS="--run reports/<run>"
 	cd $(ROOT) && $(PY) -m ops.report $(REPORT_ARGS)
 
+BACKTEST_ARGS ?=
+.PHONY: backtest
+backtest: venv ## offline walk-forward of a training adapter on the bundled files (no stack); BACKTEST_ARGS="--adapter ... --limit N"
+	$(PY) -m ops.backtest $(BACKTEST_ARGS)
+
 bench: venv ## benchmarks with their anchors (ratios printed)
 	PYTHON=$(PY) $(STACK) up
 	cd $(ROOT) && eval "$$($(STACK) env)"; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

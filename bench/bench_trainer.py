@@ -31,12 +31,31 @@ from ops.fixtures.support import real_candles, scratch_platform
 from ops.fixtures.trainer import BTC_1M, synth_jobs, window_of
 from reftrain import settings
 from reftrain.model import build_input, init_model, make_optimizer, training_step
-from reftrain.model.training import TargetBatch, job_target
+from reftrain.model.adapter import TorchAdapter
+from reftrain.model.training import SampleTarget, TargetBatch, job_target
 from reftrain.store import Store
-from services.trainer.batch import PendingJob, prepare, stack
+from services.trainer.batch import PendingJob, Sample, prepare
 from services.trainer.windows import WindowFetcher, WindowRequest, verify_window
 
 WINDOW = 600
+
+
+PROBE = TorchAdapter.create(0, "cpu")
+
+
+def _stack(chunk: list[Sample]) -> tuple[np.ndarray, TargetBatch]:
+    """Inputs and targets of verified samples (the same labels the trainer's adapter trains on)."""
+    targets = []
+    for s in chunk:
+        e = s.example
+        if s.trigger == "CANDLE":
+            c = e.candle  # type: ignore[union-attr]
+            from reftrain.model import candle_logrets
+            z = candle_logrets(e.norm_params, c["open"], c["high"], c["low"], c["close"]).astype(np.float32)
+            targets.append(SampleTarget(action=e.action, candle=z))  # type: ignore[union-attr]
+        else:
+            targets.append(SampleTarget(pivot=e.label))  # type: ignore[union-attr]
+    return np.stack([s.x for s in chunk]), TargetBatch.stack(targets)
 
 
 def bench_training(store: Store, jobs: list, candles: list, batch: int, fetch: int) -> None:
@@ -55,11 +74,12 @@ def bench_training(store: Store, jobs: list, candles: list, batch: int, fetch: i
         for start in range(0, len(jobs), fetch):
             part = jobs[start:start + fetch]
             if by_reference:
-                samples, rejections, _ = prepare([PendingJob(0, start + i, j) for i, j in enumerate(part)], fetcher)
+                samples, rejections, _ = prepare([PendingJob(0, start + i, j) for i, j in enumerate(part)], fetcher,
+                                                 PROBE)
                 assert not rejections
                 chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
                 for chunk in chunks:
-                    x, t = stack(chunk)
+                    x, t = _stack(chunk)
                     training_step(model, opt, x, t, "cpu")
                     n += len(chunk)
             else:

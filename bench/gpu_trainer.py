@@ -216,7 +216,7 @@ def main() -> None:
     source = ArraySource(windows)
     x_all = np.stack([build_input(windows[(j["ref"]["symbol"], j["ref"]["timeframe"])].slice_range(
         j["ref"]["data_range_start"], j["ref"]["data_range_end"]), j["ref"]["norm_params"]) for j in jobs])
-    targets = [job_target(j) for j in jobs]
+    targets = [job_target(j) for j in jobs]  # type: ignore[arg-type]
     print(f"{len(jobs)} real CANDLE jobs from {len(FILES)} files; inputs {x_all.nbytes / 2**20:.0f} MiB "
           f"(prepared in {time.perf_counter() - started:.1f}s)")
     for batch in batches:

@@ -18,9 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ops import scoring
 from ops.kafkaview import Msg
 from ops.promtext import Scrape
 from ops.stages import PRODUCER_OF
+from reftrain import labels
 from reftrain import topics as T
 from reftrain.records import TIMEFRAME_MS, series_key, split_series
 from services.coordinator.config import JoinConfig
@@ -28,22 +32,8 @@ from services.coordinator.oracle import batch_join
 
 PASS, FAIL, NOT_RUN = "pass", "FAIL", "not run"
 
-# What the model is scored against: the same realised-move labels the trainer learns (reftrain.model
-# .training.realised_action with action_threshold); re-stated here so the report needs no torch.
-BASE_ACTION_THRESHOLD = 0.0002
-
-
-def action_threshold(timeframe: str) -> float:
-    return BASE_ACTION_THRESHOLD * math.sqrt(TIMEFRAME_MS[timeframe] / 60_000)
-
-
-def realised_action(last_close: float, close: float, threshold: float) -> str:
-    move = close / last_close - 1.0
-    if move > threshold:
-        return "BUY"
-    if move < -threshold:
-        return "SELL"
-    return "HOLD"
+# What the model is scored against: the labels the trainer learns, from the ONE torch-free rule
+# (reftrain.labels); the metrics are ops.scoring's, the same functions as ``make backtest``.
 
 
 @dataclass
@@ -405,6 +395,26 @@ class Analysis:
                 horizon[(k, (m.value or {})["version"])] = best
         rows: list[dict[str, Any]] = []
         excluded = no_target = 0
+        closes_of: dict[str, tuple[Any, Any]] = {}
+        for (ser, t), cm in self.candles.items():
+            closes_of.setdefault(ser, ([], []))
+            closes_of[ser][0].append(t)
+            closes_of[ser][1].append(float((cm.value or {})["close"]))
+        series_arrays = {ser: (np.array(ts), np.array(cs)) for ser, (ts, cs) in closes_of.items()}
+        for ser, (ts, cs) in series_arrays.items():
+            order = np.argsort(ts)
+            series_arrays[ser] = (ts[order], cs[order])
+
+        def vol_of(r: dict[str, Any], s: str) -> float | None:
+            """The label rule's window volatility: from the window's candles on the topic, else the
+            built-in scheme's ret_scale (equal by construction), else unknown."""
+            ts, cs = series_arrays.get(s, (np.zeros(0), np.zeros(0)))
+            a, b = np.searchsorted(ts, r["data_range_start"]), np.searchsorted(ts, r["data_range_end"], side="right")
+            if b - a == r["window_size"] and b - a >= 2:
+                return labels.window_vol(cs[a:b])
+            rs = r["norm_params"]["params"].get("ret_scale")
+            return float(rs) if rs else None
+
         for (s, _iid), m in self.refs.items():
             r = m.value or {}
             target = self.candles.get((s, r["target_timestamp"]))
@@ -414,15 +424,27 @@ class Analysis:
             if horizon.get((r["model_key"], r["model_version"]), -(2**62)) > r["data_range_end"]:
                 excluded += 1
                 continue
-            thr = action_threshold(r["timeframe"])
-            last_close = float(r["norm_params"]["params"]["last_close"])
-            actual = realised_action(last_close, float((target.value or {})["close"]), thr)
+            vol = vol_of(r, s)
+            last_c = self.candles.get((s, r["data_range_end"]))
+            if vol is None or last_c is None:
+                no_target += 1
+                continue
+            last_close = float((last_c.value or {})["close"])
+            close = float((target.value or {})["close"])
+            actual = labels.action_label(last_close, close, vol)
             prev = self.candles.get((s, r["data_range_end"] - TIMEFRAME_MS[r["timeframe"]]))
-            prev_move = (realised_action(float((prev.value or {})["close"]), last_close, thr)
+            prev_move = (labels.previous_move(float((prev.value or {})["close"]), last_close, vol)
                          if prev is not None else None)
-            rows.append({"t": r["data_range_end"], "series": s, "version": r["model_version"],
-                         "model": r["predicted_action"] == actual, "hold": actual == "HOLD",
-                         "prev": None if prev_move is None else prev_move == actual, "actual": actual})
+            p = r["action_probs"]
+            pc = r.get("predicted_candle")
+            rows.append({"t": r["data_range_end"], "target": r["target_timestamp"], "series": s,
+                         "version": r["model_version"], "model": r["predicted_action"] == actual,
+                         "hold": actual == "HOLD", "prev": None if prev_move is None else prev_move == actual,
+                         "actual": actual, "y": labels.ACTION_INDEX[actual],
+                         "prev_y": -1 if prev_move is None else labels.ACTION_INDEX[prev_move],
+                         "probs": [float(p["buy"]), float(p["sell"]), float(p["hold"])],
+                         "log_ret": math.log(close / last_close),
+                         "pred_close_bp": None if not pc else math.log(float(pc["close"]) / last_close) * 1e4})
         rows.sort(key=lambda x: x["t"])
 
         def score(sel: list[dict[str, Any]]) -> dict[str, Any]:
@@ -441,6 +463,7 @@ class Analysis:
             if sel:
                 buckets.append({"from": sel[0]["t"], "to": sel[-1]["t"], **score(sel)})
         overall = score(rows)
+        scores = self._scores(rows)
         if self.ran("inference") and rows:
             self.notes.append(
                 f"accuracy on {len(rows)} out-of-sample refs: model {overall['model']}, always-HOLD "
@@ -449,7 +472,40 @@ class Analysis:
                 f"candle yet)")
         return {"overall": overall, "by_version": by_version, "over_time": buckets, "excluded_leak": excluded,
                 "no_target": no_target,
-                "labels": dict(Counter(x["actual"] for x in rows))}
+                "labels": dict(Counter(x["actual"] for x in rows)), "scores": scores}
+
+    @staticmethod
+    def _scores(rows: list[dict[str, Any]], fee_bp: float = 7.5) -> dict[str, Any]:
+        """ops.scoring's action block (log loss, Brier, ECE, hit rate, close MAE, PnL) overall and per
+        series. The class prior of each ref is fitted on the outcomes of refs of its series whose
+        target candle opened at or before the ref's window end (known before the prediction)."""
+        out: dict[str, Any] = {}
+        by_series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for x in rows:
+            by_series[x["series"]].append(x)
+        for sel in by_series.values():
+            sel.sort(key=lambda x: x["t"])
+            known = sorted(sel, key=lambda x: x["target"])
+            counts, j = np.ones(3), 0
+            for x in sel:
+                while j < len(known) and known[j]["target"] <= x["t"]:
+                    counts[known[j]["y"]] += 1
+                    j += 1
+                x["prior"] = (counts / counts.sum()).tolist()
+
+        def block(sel: list[dict[str, Any]]) -> dict[str, Any]:
+            pc = [x["pred_close_bp"] for x in sel]
+            return scoring.action_block(
+                np.array([x["probs"] for x in sel]).reshape(-1, 3), np.array([x["y"] for x in sel], dtype=np.int64),
+                np.array([x["prior"] for x in sel]).reshape(-1, 3),
+                np.array([x["prev_y"] for x in sel], dtype=np.int64), np.array([x["log_ret"] for x in sel]),
+                None if any(v is None for v in pc) else np.array(pc, dtype=np.float64), fee_bp)
+
+        if rows:
+            out["all"] = block(sorted(rows, key=lambda x: (x["series"], x["t"])))
+            for ser, sel in sorted(by_series.items()):
+                out[ser] = block(sel)
+        return out
 
     # -- throughput and latency ----------------------------------------------------------------
     def timing(self) -> dict[str, Any]:

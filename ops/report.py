@@ -244,6 +244,26 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                         [[_ts(b["from"]), _ts(b["to"]), *[_fmt(b[k]) for k in ("n", "model", "always_hold",
                                                                                "previous_move")]]
                          for b in acc["over_time"]]))
+    sc = acc.get("scores") if acc else None
+    if sc:
+        out.append(("Model vs baselines (ops.scoring, the same metrics as make backtest; class prior fitted on "
+                    "outcomes known before each ref)",
+                    ["series", "n", "log loss model", "log loss prior", "Brier model", "Brier prior", "ECE",
+                     "hit rate (n, 95% CI)", "close MAE bp model / no-change", "PnL net bp (turnover)",
+                     "buy&hold net bp", "predicted B/S/H"],
+                    [[k, _fmt(b["n"]), _fmt(b["log_loss"]["model"]), _fmt(b["log_loss"]["class_prior"]),
+                      _fmt(b["brier"]["model"]), _fmt(b["brier"]["class_prior"]), _fmt(b["reliability"]["ece"]),
+                      f"{_fmt(b['directional']['hit_rate'])} ({b['directional']['n']}, "
+                      f"{_fmt(b['directional']['ci95'][0])}-{_fmt(b['directional']['ci95'][1])})",
+                      f"{_fmt((b.get('candle_close_mae_bp') or {}).get('model'))} / "
+                      f"{_fmt((b.get('candle_close_mae_bp') or {}).get('no_change'))}",
+                      f"{_fmt(b['pnl']['model']['net_bp'])} ({_fmt(b['pnl']['model']['turnover'])})",
+                      _fmt(b["pnl"]["buy_and_hold"]["net_bp"]),
+                      "/".join(_fmt(b["predicted_mix"][a]) for a in ("BUY", "SELL", "HOLD"))]
+                     for k, b in sc.items()]))
+        rel = sc["all"]["reliability"]
+        out.append((f"Reliability of confidence (ECE {_fmt(rel['ece'])})", ["bin", "n", "mean confidence", "accuracy"],
+                    [[r["bin"], _fmt(r["n"]), _fmt(r["mean_confidence"]), _fmt(r["accuracy"])] for r in rel["table"]]))
     tm = s.get("timing", {})
     if tm.get("throughput"):
         out.append(("Throughput per stage (Kafka timestamps, first to last message)",

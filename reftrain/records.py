@@ -106,6 +106,8 @@ class ModelVersion(TypedDict):
     trained_jobs: int
     metrics: dict[str, float]
     created_at: int
+    checkpoint_sha256: NotRequired[str | None]  # sha256 hex of the checkpoint file; checked before loading
+    adapter: NotRequired[str | None]  # 'name/feature-scheme' of the training adapter that wrote it
 
 
 def series_key(symbol: str, timeframe: str) -> str:

@@ -11,9 +11,11 @@ Inference::
 Trainer::
 
     x = build_input(verified_window, job["ref"]["norm_params"])   # the exact input inference saw
-    t = job_target(job)                                           # see training's docstring
+    t = SampleTarget(action=..., candle=..., pivot=...)           # labels: reftrain.labels
     training_step(model, opt, xs, TargetBatch.stack(ts), device, amp=True)
-    save_checkpoint(path, model, opt, meta)
+
+Services do not call these directly: they go through ``reftrain.model.adapter.TorchAdapter``, the
+built-in ``reftrain.adapters.TrainingAdapter``.
 
 Scheme and params: ``features``; the loss and the CANDLE/PIVOT targets: ``training``.
 """
@@ -48,13 +50,8 @@ if TYPE_CHECKING:
     from reftrain.model.training import (
         SampleTarget,
         TargetBatch,
-        action_threshold,
-        candle_target,
         evaluate,
-        job_target,
         make_optimizer,
-        pivot_target,
-        realised_action,
         set_determinism,
         training_step,
     )
@@ -73,13 +70,8 @@ _LAZY = {
     "select_device": "network",
     "SampleTarget": "training",
     "TargetBatch": "training",
-    "action_threshold": "training",
-    "candle_target": "training",
     "evaluate": "training",
-    "job_target": "training",
     "make_optimizer": "training",
-    "pivot_target": "training",
-    "realised_action": "training",
     "set_determinism": "training",
     "training_step": "training",
 }
@@ -104,22 +96,17 @@ __all__ = [
     "RefTrainNet",
     "SampleTarget",
     "TargetBatch",
-    "action_threshold",
     "build_input",
     "candle_logrets",
-    "candle_target",
     "checked_params",
     "choose_action",
     "compute_norm_params",
     "decode_candle",
     "evaluate",
     "init_model",
-    "job_target",
     "load_checkpoint",
     "make_optimizer",
-    "pivot_target",
     "predict_batch",
-    "realised_action",
     "save_checkpoint",
     "select_device",
     "set_determinism",

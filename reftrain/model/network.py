@@ -3,9 +3,10 @@
 Architecture (``RefTrainNet``, ~20k parameters): two strided causal 1-D convolutions shorten the
 600-row window 4x (a GRU over 600 steps is slow on CPU), a GRU summarises the sequence, and the
 summary is concatenated with the raw features of the last ``tail`` candles (the most recent bars
-matter most for the next one and the strided convs blur them). Two heads:
+matter most for the next one and the strided convs blur them). Three heads:
 
 * action head: 3 logits in ``ACTIONS`` order (BUY, SELL, HOLD);
+* pivot head: 3 logits FUTURE_LOW / FUTURE_HIGH / PAST (``reftrain.labels.pivot_label``);
 * next-candle head: ``[o, h, l, c]`` of the next candle as log returns vs the window's last close,
   in units of ``ret_scale`` (see ``features``). It is built so that ``h >= max(o, c)`` and
   ``l <= min(o, c)`` always hold (softplus offsets), so a decoded prediction is a valid candle.
@@ -67,6 +68,8 @@ class RefTrainNet(nn.Module):
         self.trunk = nn.Linear(c.hidden + c.tail * c.n_features, c.hidden)
         self.action_head = nn.Linear(c.hidden, 3)
         self.candle_head = nn.Linear(c.hidden, 4)
+        # Created last: the seeded weights of every other layer stay those of the seed's network.
+        self.pivot_head = nn.Linear(c.hidden, 3)
 
     def _causal_conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         """Left-pad so the last output position ends exactly at the last input row."""
@@ -77,6 +80,12 @@ class RefTrainNet(nn.Module):
         return F.gelu(conv(F.pad(x, (pad, 0))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action logits [B,3], candle [B,4]); ``forward_all`` adds the pivot head."""
+        logits, candle, _ = self.forward_all(x)
+        return logits, candle
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(action logits [B,3], candle [B,4], pivot logits [B,3] in labels.PIVOT_CLASSES order)."""
         if x.dim() != 3 or x.shape[-1] != self.config.n_features:
             raise ValueError(f"expected [batch, n, {self.config.n_features}], got {tuple(x.shape)}")
         tail = self.config.tail
@@ -95,7 +104,7 @@ class RefTrainNet(nn.Module):
         high = torch.maximum(o, c) + F.softplus(up)
         low = torch.minimum(o, c) - F.softplus(down)
         candle = torch.stack([o, high, low, c], dim=1)
-        return logits, candle
+        return logits, candle, self.pivot_head(z)
 
 
 def init_model(seed: int = DEFAULT_SEED, config: ModelConfig | None = None) -> RefTrainNet:

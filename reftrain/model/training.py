@@ -1,37 +1,35 @@
-"""Training targets, the loss, one optimiser step, and CPU determinism.
+"""Training targets, the loss, one optimiser step, and CPU determinism (built-in network).
 
-Targets (one ``SampleTarget`` per training job):
+Targets (one ``SampleTarget`` per training job; the LABELS come from ``reftrain.labels``, the one
+rule shared with the report and the backtest):
 
-* CANDLE job: the next-candle target is the actual candle's ``[o, h, l, c]`` as log returns vs the
-  ref window's last close, divided by the ref's ``ret_scale`` (``features.candle_logrets``; both
-  numbers are in the ref's norm_params and are re-checked against the window by ``build_input``).
-  The action label is the realised move ``r = close / last_close - 1``: BUY if ``r > +threshold``,
-  SELL if ``r < -threshold``, else HOLD (a move exactly at the threshold is HOLD). Default
-  threshold per timeframe: ``0.0002 * sqrt(bar minutes)`` (2 bp for 1m, ~1.55e-3 for 1h): moves
-  scale with the square root of time. Measured on the bundled data, 2 bp gives BUY/SELL/HOLD
-  shares of 24/24/52% (BTCUSDT 1m Sep 2025), ~28/29/43% (BTCUSDT 1m Oct 2025) and ~31/32/37%
-  (ETHUSDT 1m); 5 bp would make 86% of BTCUSDT 1m labels HOLD, and a model learns only the prior.
-  For 1h, 1.55e-3 is about the 33rd percentile of |r| on BTCUSDT 2017-2024. Action weight 1.
-* PIVOT job: a LOW pivot -> BUY, a HIGH pivot -> SELL, action weight = the pivot's level (a
-  level-3 swing low is a more important turning point than a level-1 one, so it pulls 3x as hard).
-  No next-candle target (its mask is 0).
+* CANDLE job: the action head learns the realised action (BUY/SELL/HOLD with a HOLD band relative
+  to the window's own volatility, ``labels.action_label``), and the next-candle head learns the
+  actual candle's ``[o, h, l, c]`` as log returns vs the window's last close divided by the ref's
+  ``ret_scale`` (``features.candle_logrets``).
+* PIVOT job: ONLY the pivot head learns, with the 3-class label FUTURE_LOW / FUTURE_HIGH / PAST
+  (``labels.pivot_label``: a prediction at the window end; pivots already inside the window are
+  the negatives). PIVOT jobs never touch the action head: they carry no next-candle information
+  (measured: they agree with the next candle's direction 49-50% of the time).
 
-Loss of a batch of B jobs (CANDLE and PIVOT mixed)::
+Loss of a batch (each term is a mean over the samples that have that target, so a batch of one
+trigger never dilutes or swamps the other)::
 
-    action_loss = sum_i w_i * CE(logits_i, label_i) / B
-    candle_loss = sum_i m_i * mean_k Huber_1(pred_ik - target_ik) / max(sum_i m_i, 1)
-    loss        = action_loss + CANDLE_LOSS_WEIGHT * candle_loss
+    action_loss = mean_{a_i=1} CE(action_logits_i, action_i)
+    candle_loss = mean_{m_i=1} mean_k Huber_1(pred_ik - target_ik)
+    pivot_loss  = mean_{p_i=1} CE(pivot_logits_i, pivot_i)
+    loss        = action_loss + CANDLE_LOSS_WEIGHT * candle_loss + PIVOT_LOSS_WEIGHT * pivot_loss
 
-``w`` divides by B, not by sum(w), so the level weight survives batches of one (online training).
-Huber with delta 1 (one window std) keeps a single crash candle from dominating. Gradients are
-clipped to norm ``GRAD_CLIP``.
+PIVOT jobs outnumber CANDLE jobs 2.2-3.2 per ref on the bundled data and the trainer steps each
+trigger separately, so PIVOT_LOSS_WEIGHT = 0.35 keeps the pivot head's total pull on the shared
+trunk about equal to the action head's. Huber with delta 1 (one window std) keeps a single crash
+candle from dominating. Gradients are clipped to norm ``GRAD_CLIP``.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,42 +37,25 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from reftrain import labels
 from reftrain.model.features import candle_logrets
 from reftrain.model.network import RefTrainNet, exact_math, to_device
-from reftrain.records import ACTIONS, Action, Candle, NormParams, Pivot, TrainingJob, timeframe_ms
+from reftrain.records import TrainingJob
 
-BASE_ACTION_THRESHOLD = 0.0002
-"""Realised-move threshold of a 1-minute bar; other timeframes scale it by sqrt(minutes)."""
 CANDLE_LOSS_WEIGHT = 1.0
+PIVOT_LOSS_WEIGHT = 0.35
 HUBER_DELTA = 1.0
 GRAD_CLIP = 1.0
 DEFAULT_LR = 1e-3
 
-ACTION_INDEX: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
-
-
-def action_threshold(timeframe: str) -> float:
-    """Default BUY/SELL threshold on ``close / last_close - 1`` for ``timeframe``."""
-    return BASE_ACTION_THRESHOLD * math.sqrt(timeframe_ms(timeframe) / 60_000)
-
-
-def realised_action(last_close: float, close: float, threshold: float) -> Action:
-    """BUY if the move beats +threshold, SELL if below -threshold, else HOLD."""
-    move = close / last_close - 1.0
-    if move > threshold:
-        return "BUY"
-    if move < -threshold:
-        return "SELL"
-    return "HOLD"
-
 
 @dataclass(frozen=True, eq=False)
 class SampleTarget:
-    """Target of one job: ``candle`` is None for PIVOT jobs (action loss only)."""
+    """Target of one job: CANDLE jobs have ``action`` and ``candle``; PIVOT jobs only ``pivot``."""
 
-    action: int
-    action_weight: float
-    candle: npt.NDArray[np.float32] | None
+    action: int | None = None
+    candle: npt.NDArray[np.float32] | None = None
+    pivot: int | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SampleTarget):
@@ -83,27 +64,26 @@ class SampleTarget:
             same_candle = self.candle is None and other.candle is None
         else:
             same_candle = np.array_equal(self.candle, other.candle)
-        return self.action == other.action and self.action_weight == other.action_weight and same_candle
+        return self.action == other.action and self.pivot == other.pivot and same_candle
 
     __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
 class TargetBatch:
-    """Targets of a batch, aligned with the input batch's first axis; CANDLE and PIVOT mix freely.
-
-    action: int64 [B] index into ACTIONS; action_weight: float32 [B];
-    candle: float32 [B, 4] (zeros where masked); candle_mask: float32 [B] (1 = has candle target).
-    """
+    """Targets of a batch aligned with the input batch's first axis; a mask per head (1 = has it)."""
 
     action: npt.NDArray[np.int64]
-    action_weight: npt.NDArray[np.float32]
+    action_mask: npt.NDArray[np.float32]
     candle: npt.NDArray[np.float32]
     candle_mask: npt.NDArray[np.float32]
+    pivot: npt.NDArray[np.int64]
+    pivot_mask: npt.NDArray[np.float32]
 
     def __post_init__(self) -> None:
         b = self.action.shape[0]
-        if self.action_weight.shape != (b,) or self.candle.shape != (b, 4) or self.candle_mask.shape != (b,):
+        shapes = (self.action_mask.shape, self.candle_mask.shape, self.pivot.shape, self.pivot_mask.shape)
+        if self.candle.shape != (b, 4) or any(s != (b,) for s in shapes):
             raise ValueError("TargetBatch arrays disagree in shape")
 
     def __len__(self) -> int:
@@ -112,70 +92,56 @@ class TargetBatch:
     @classmethod
     def stack(cls, targets: Sequence[SampleTarget]) -> TargetBatch:
         b = len(targets)
-        candle = np.zeros((b, 4), dtype=np.float32)
-        mask = np.zeros(b, dtype=np.float32)
+        out = cls(np.zeros(b, np.int64), np.zeros(b, np.float32), np.zeros((b, 4), np.float32),
+                  np.zeros(b, np.float32), np.zeros(b, np.int64), np.zeros(b, np.float32))
         for i, t in enumerate(targets):
+            if t.action is not None:
+                out.action[i], out.action_mask[i] = t.action, 1.0
             if t.candle is not None:
-                candle[i] = t.candle
-                mask[i] = 1.0
-        return cls(
-            action=np.array([t.action for t in targets], dtype=np.int64),
-            action_weight=np.array([t.action_weight for t in targets], dtype=np.float32),
-            candle=candle,
-            candle_mask=mask,
-        )
+                out.candle[i], out.candle_mask[i] = t.candle, 1.0
+            if t.pivot is not None:
+                out.pivot[i], out.pivot_mask[i] = t.pivot, 1.0
+        return out
 
 
-def candle_target(
-    norm_params: NormParams, candle: Candle | Mapping[str, float], threshold: float
-) -> SampleTarget:
-    """Target of a CANDLE job: next-candle head target and the realised action, weight 1."""
-    z = candle_logrets(norm_params, candle["open"], candle["high"], candle["low"], candle["close"])
-    last_close = float(norm_params["params"]["last_close"])
-    action = realised_action(last_close, float(candle["close"]), threshold)
-    return SampleTarget(ACTION_INDEX[action], 1.0, z.astype(np.float32))
-
-
-def pivot_target(pivot: Pivot | Mapping[str, object]) -> SampleTarget:
-    """Target of a PIVOT job: LOW -> BUY, HIGH -> SELL, weight = level; no candle target."""
-    kind = pivot["kind"]
-    level = pivot["level"]
-    if kind not in ("LOW", "HIGH"):
-        raise ValueError(f"pivot kind must be LOW or HIGH, got {kind!r}")
-    if not isinstance(level, int) or level < 1:
-        raise ValueError(f"pivot level must be an int >= 1, got {level!r}")
-    return SampleTarget(ACTION_INDEX["BUY" if kind == "LOW" else "SELL"], float(level), None)
-
-
-def job_target(job: TrainingJob, threshold: float | None = None) -> SampleTarget:
-    """Target of a TrainingJob; ``threshold`` defaults to ``action_threshold(ref timeframe)``."""
+def job_target(job: TrainingJob) -> SampleTarget:
+    """The built-in network's target of a TrainingJob, labelled by ``reftrain.labels`` (benches and
+    tools; the trainer labels from the verified window, which gives the same result for logret-v1,
+    whose ``ret_scale`` IS the window volatility of the label rule)."""
     ref = job["ref"]
     if job["trigger"] == "CANDLE":
-        if job["actual_candle"] is None:
+        c = job["actual_candle"]
+        if c is None:
             raise ValueError(f"CANDLE job {job['job_id']} has no actual_candle")
-        thr = action_threshold(ref["timeframe"]) if threshold is None else threshold
-        return candle_target(ref["norm_params"], job["actual_candle"], thr)
+        p = ref["norm_params"]["params"]
+        action = labels.action_label(float(p["last_close"]), float(c["close"]), float(p["ret_scale"]))
+        z = candle_logrets(ref["norm_params"], c["open"], c["high"], c["low"], c["close"])
+        return SampleTarget(action=labels.ACTION_INDEX[action], candle=z.astype(np.float32))
     if job["trigger"] == "PIVOT":
         if job["pivot"] is None:
             raise ValueError(f"PIVOT job {job['job_id']} has no pivot")
-        return pivot_target(job["pivot"])
+        lab = labels.pivot_label(int(ref["data_range_end"]), job["pivot"])
+        return SampleTarget(pivot=None if lab is None else labels.PIVOT_INDEX[lab])
     raise ValueError(f"unknown trigger {job['trigger']!r}")
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def compute_losses(
-    logits: torch.Tensor, candle: torch.Tensor, targets: TargetBatch, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, action_loss, candle_loss) in float32 as defined in the module docstring."""
-    b = len(targets)
-    action = to_device(targets.action, device)
-    weight = to_device(targets.action_weight, device)
-    cand_t = to_device(targets.candle, device)
-    mask = to_device(targets.candle_mask, device)
-    ce = F.cross_entropy(logits.float(), action, reduction="none")
-    action_loss = (ce * weight).sum() / max(b, 1)
-    huber = F.huber_loss(candle.float(), cand_t, reduction="none", delta=HUBER_DELTA).mean(dim=1)
-    candle_loss = (huber * mask).sum() / mask.sum().clamp(min=1.0)
-    return action_loss + CANDLE_LOSS_WEIGHT * candle_loss, action_loss, candle_loss
+    logits: torch.Tensor, candle: torch.Tensor, pivot_logits: torch.Tensor, targets: TargetBatch,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """{'loss', 'action_loss', 'candle_loss', 'pivot_loss'} in float32 as in the module docstring."""
+    t = {k: to_device(getattr(targets, k), device)
+         for k in ("action", "action_mask", "candle", "candle_mask", "pivot", "pivot_mask")}
+    action_loss = _masked_mean(F.cross_entropy(logits.float(), t["action"], reduction="none"), t["action_mask"])
+    huber = F.huber_loss(candle.float(), t["candle"], reduction="none", delta=HUBER_DELTA).mean(dim=1)
+    candle_loss = _masked_mean(huber, t["candle_mask"])
+    pivot_loss = _masked_mean(F.cross_entropy(pivot_logits.float(), t["pivot"], reduction="none"), t["pivot_mask"])
+    loss = action_loss + CANDLE_LOSS_WEIGHT * candle_loss + PIVOT_LOSS_WEIGHT * pivot_loss
+    return {"loss": loss, "action_loss": action_loss, "candle_loss": candle_loss, "pivot_loss": pivot_loss}
 
 
 def make_optimizer(model: RefTrainNet, lr: float = DEFAULT_LR) -> torch.optim.Optimizer:
@@ -200,8 +166,10 @@ def training_step(
     batch_targets: TargetBatch,
     device: torch.device | str,
     amp: bool = False,
-) -> dict[str, float]:
-    """One optimiser step on a batch; returns {'loss', 'action_loss', 'candle_loss'} before it.
+) -> tuple[dict[str, float], npt.NDArray[np.float64]]:
+    """One optimiser step on a batch; returns the loss terms before it and the action logits of
+    the forward pass (the model has no dropout or batch norm, so these are exactly what the model
+    predicted for these inputs before the step: the held-out logits that calibration uses).
 
     The model must already be on ``device`` (the optimiser's state follows its parameters).
     """
@@ -214,16 +182,13 @@ def training_step(
     dtype = amp_dtype(dev, amp)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        logits, candle = model(x)
-    loss, action_loss, candle_loss = compute_losses(logits, candle, batch_targets, dev)
-    loss.backward()  # type: ignore[no-untyped-call]
+        logits, candle, pivot = model.forward_all(x)
+    losses = compute_losses(logits, candle, pivot, batch_targets, dev)
+    losses["loss"].backward()  # type: ignore[no-untyped-call]
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
-    return {
-        "loss": float(loss.detach()),
-        "action_loss": float(action_loss.detach()),
-        "candle_loss": float(candle_loss.detach()),
-    }
+    return ({k: float(v.detach()) for k, v in losses.items()},
+            logits.detach().double().cpu().numpy())
 
 
 def evaluate(
@@ -233,35 +198,31 @@ def evaluate(
     device: torch.device | str,
     max_batch: int = 256,
 ) -> dict[str, float]:
-    """Loss terms and action accuracy (weighted by action_weight) without updating the model.
-
-    ``direction_acc`` is the share of CANDLE samples whose predicted close return has the sign of
-    the actual one (samples with an actual return of exactly 0 are skipped).
-    """
+    """Loss terms, action accuracy (CANDLE samples) and pivot accuracy (PIVOT samples) without
+    updating the model. ``direction_acc``: share of CANDLE samples whose predicted close return has
+    the sign of the actual one (actual return exactly 0 skipped)."""
     dev = torch.device(device)
     x_all = np.asarray(inputs, dtype=np.float32)
     model.eval()
-    logits_parts: list[torch.Tensor] = []
-    candle_parts: list[torch.Tensor] = []
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with torch.inference_mode(), exact_math(dev):
         for start in range(0, x_all.shape[0], max_batch):
-            lg, cd = model(to_device(x_all[start : start + max_batch], dev))
-            logits_parts.append(lg.float())
-            candle_parts.append(cd.float())
-        logits = torch.cat(logits_parts)
-        candle = torch.cat(candle_parts)
-        loss, action_loss, candle_loss = compute_losses(logits, candle, targets, dev)
+            lg, cd, pv = model.forward_all(to_device(x_all[start : start + max_batch], dev))
+            parts.append((lg.float(), cd.float(), pv.float()))
+        logits = torch.cat([p[0] for p in parts])
+        candle = torch.cat([p[1] for p in parts])
+        pivot = torch.cat([p[2] for p in parts])
+        losses = compute_losses(logits, candle, pivot, targets, dev)
+    am, pm = targets.action_mask > 0, targets.pivot_mask > 0
     pred = logits.argmax(dim=1).cpu().numpy()
-    w = targets.action_weight.astype(np.float64)
-    correct = (pred == targets.action).astype(np.float64)
+    ppred = pivot.argmax(dim=1).cpu().numpy()
     has = (targets.candle_mask > 0) & (targets.candle[:, 3] != 0)
     pred_close = candle[:, 3].cpu().numpy()
     direction = np.sign(pred_close[has]) == np.sign(targets.candle[has, 3])
     return {
-        "loss": float(loss),
-        "action_loss": float(action_loss),
-        "candle_loss": float(candle_loss),
-        "action_acc": float((correct * w).sum() / max(w.sum(), 1e-12)),
+        **{k: float(v) for k, v in losses.items()},
+        "action_acc": float((pred[am] == targets.action[am]).mean()) if am.any() else float("nan"),
+        "pivot_acc": float((ppred[pm] == targets.pivot[pm]).mean()) if pm.any() else float("nan"),
         "direction_acc": float(direction.mean()) if direction.size else float("nan"),
         "samples": float(len(targets)),
     }

@@ -41,6 +41,7 @@ def body(rt: service.Runtime) -> None:
     store = Store.from_settings(rt.platform)
     try:
         registry = ModelRegistry(store, device)
+        log.info("model adapter", extra={"adapter": registry.adapter_cls.kind()})
         registry.seed_model()  # build version 0 before the first batch
         processor = InferenceProcessor(store, registry, window_size=settings.window, horizon=settings.horizon,
                                        series=settings.series, max_predict_batch=settings.max_predict_batch)

@@ -40,7 +40,7 @@ GAPPED_WINDOWS = Counter(
 MODEL_LOADS = Counter(
     "reftrain_inference_model_loads_total",
     "Model changes: seed (version 0), store (newest version at start), hot_reload, stale (ignored), failed, "
-    "filtered (key not in INFERENCE_SERIES)",
+    "filtered (key not in INFERENCE_SERIES), sha256_mismatch / adapter_mismatch (refused checkpoints)",
     ["outcome"],
 )
 STORE_READ_SECONDS = Histogram(

@@ -11,6 +11,11 @@
   model, candles after it get the new one, and every ref names the version that made it.
 * A checkpoint that cannot be used (missing, unreadable, or its meta names another key/version)
   makes the ModelVersion invalid input: ``InvalidRecordError`` -> dead letter, old model kept.
+* The model is a ``reftrain.adapters.TrainingAdapter`` (``MODEL_ADAPTER``). A ModelVersion naming
+  another adapter, a checkpoint written by another adapter or feature scheme (``adapter_mismatch``),
+  and a file whose sha256 is not the announced ``checkpoint_sha256`` (``checkpoint_sha256_mismatch``,
+  checked on the raw bytes before anything is parsed: no torch or adapter loader sees them) are
+  refused the same way and counted in ``reftrain_inference_model_loads_total{outcome}``.
   ``checkpoint_path`` is relative to the store's data path and must stay inside it.
 """
 
@@ -21,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
+from reftrain.adapters import (
+    AdapterMismatchError,
+    ChecksumMismatchError,
+    TrainingAdapter,
+    load_adapter,
+    load_checkpoint,
+)
 from reftrain.errors import InvalidRecordError
-from reftrain.model import DEFAULT_SEED, RefTrainNet, init_model, load_checkpoint
 from reftrain.records import ModelVersion
 from services.inference import metrics
 
@@ -41,26 +50,27 @@ class ModelStore(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A model in use; identity matters: refs of one predict batch share one LoadedModel.net."""
+    """A model in use; identity matters: refs of one predict batch share one LoadedModel.adapter."""
 
     key: str
     version: int
-    net: RefTrainNet
+    adapter: TrainingAdapter
     checkpoint_path: str | None = None
 
 
 class ModelRegistry:
-    def __init__(self, store: ModelStore, device: torch.device) -> None:
+    def __init__(self, store: ModelStore, device: Any = None, adapter: type[TrainingAdapter] | None = None) -> None:
         self._store = store
-        self.device = device
-        self._seed_net: RefTrainNet | None = None
+        self.device = None if device is None else str(device)
+        self.adapter_cls = adapter or load_adapter()
+        self._seed_net: TrainingAdapter | None = None
         self._current: dict[str, LoadedModel] = {}
 
     # -- lookups -------------------------------------------------------------------------------
-    def seed_model(self) -> RefTrainNet:
+    def seed_model(self) -> TrainingAdapter:
         """Version 0, built once per process and shared by every key without a trained version."""
         if self._seed_net is None:
-            self._seed_net = init_model(DEFAULT_SEED).to(self.device).eval()
+            self._seed_net = self.adapter_cls.create(0, self.device)  # DEFAULT_SEED, as the trainer
         return self._seed_net
 
     def current(self, key: str) -> LoadedModel:
@@ -99,7 +109,12 @@ class ModelRegistry:
         if version <= in_use.version:
             metrics.MODEL_LOADS.labels("stale").inc()
             return False
-        model = self._load(key, version, mv["checkpoint_path"])
+        kind = mv.get("adapter")
+        if kind and kind != self.adapter_cls.kind():
+            metrics.MODEL_LOADS.labels("adapter_mismatch").inc()
+            raise InvalidRecordError("adapter_mismatch", f"{key} v{version} was trained by {kind!r}; this "
+                                                         f"instance runs {self.adapter_cls.kind()!r}")
+        model = self._load(key, version, mv["checkpoint_path"], mv.get("checkpoint_sha256"))
         self._set(model)
         metrics.MODEL_LOADS.labels("hot_reload").inc()
         log.info("model hot-reloaded", extra={"model_key": key, "version": version, "previous": in_use.version,
@@ -130,10 +145,16 @@ class ModelRegistry:
             raise InvalidRecordError("checkpoint_path_outside_store", checkpoint_path)
         return path
 
-    def _load(self, key: str, version: int, checkpoint_path: str) -> LoadedModel:
+    def _load(self, key: str, version: int, checkpoint_path: str, sha256: str | None = None) -> LoadedModel:
         path = self.resolve(checkpoint_path)
         try:
-            net, _, meta = load_checkpoint(path, self.device)
+            net, meta = load_checkpoint(path, self.adapter_cls, self.device, expected_sha256=sha256)
+        except ChecksumMismatchError as exc:
+            metrics.MODEL_LOADS.labels("sha256_mismatch").inc()
+            raise InvalidRecordError("checkpoint_sha256_mismatch", str(exc)) from exc
+        except AdapterMismatchError as exc:
+            metrics.MODEL_LOADS.labels("adapter_mismatch").inc()
+            raise InvalidRecordError("adapter_mismatch", str(exc)) from exc
         except FileNotFoundError as exc:
             raise InvalidRecordError("checkpoint_missing", str(path)) from exc
         except Exception as exc:  # torch/pickle/format errors: the file is not a usable checkpoint

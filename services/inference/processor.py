@@ -37,8 +37,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from reftrain.adapters import Prediction, TrainingAdapter
 from reftrain.errors import InvalidRecordError, StoreError
-from reftrain.records import ActionProbs, Candle, ModelVersion, NormParams, series_key, timeframe_ms
+from reftrain.records import Candle, ModelVersion, NormParams, series_key, timeframe_ms
 from reftrain.streams import Context, Record, RestartSession
 from reftrain.topics import CANDLES, INFERENCE_REFS, MODEL_VERSIONS
 from reftrain.window import Window
@@ -49,7 +50,12 @@ from services.inference.windows import Outcome, missing_bars, plan_reads, select
 
 log = logging.getLogger(__name__)
 
-PredictFn = Callable[[Any, npt.NDArray[np.float32], Any, int], list[tuple[ActionProbs, npt.NDArray[np.float64]]]]
+PredictFn = Callable[[TrainingAdapter, npt.NDArray[np.float32], list[NormParams]], list[Prediction]]
+
+
+def _adapter_predict(adapter: TrainingAdapter, x: npt.NDArray[np.float32],
+                     params: list[NormParams]) -> list[Prediction]:
+    return adapter.predict(x, params)
 
 
 class WindowSource(Protocol):
@@ -87,17 +93,13 @@ class InferenceProcessor:
     def __init__(self, store: WindowSource, registry: ModelRegistry, *, window_size: int = 600, horizon: int = 1,
                  series: Sequence[str] = (), max_predict_batch: int = 256, predict: PredictFn | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        if predict is None:
-            from reftrain.model import predict_batch
-
-            predict = predict_batch
         self._store = store
         self.registry = registry
         self.window_size = window_size
         self.horizon = horizon
         self.series_filter = frozenset(series)
         self.max_predict_batch = max_predict_batch
-        self._predict = predict
+        self._predict = predict or _adapter_predict
         self._clock = clock
         self._pending: list[_Pending] = []
         self._last_seen: dict[str, int] = {}  # series -> open_time of its newest candle handled
@@ -129,9 +131,9 @@ class InferenceProcessor:
         ready = self._read_windows(pending)
         results = self._predict_grouped(ready)
         for item in ready:
-            probs, head = results[id(item)]
+            prediction = results[id(item)]
             p = item.pending
-            ref = build_ref(item.window, item.norm_params, probs, head, p.model.key, p.model.version,
+            ref = build_ref(item.window, item.norm_params, prediction, p.model.key, p.model.version,
                             timeframe_ms(p.timeframe), self.horizon, int(self._clock() * 1000))
             ctx.emit(INFERENCE_REFS, p.series, dict(ref))
             metrics.REFS_TOTAL.labels(p.series).inc()
@@ -215,7 +217,7 @@ class InferenceProcessor:
             return None
         assert sel.window is not None
         try:
-            params, x = model_input(sel.window)
+            params, x = model_input(sel.window, p.model.adapter)
         except ValueError as exc:
             metrics.CANDLES_TOTAL.labels("bad_window").inc()
             log.error("window cannot be normalised; no ref", extra={
@@ -224,16 +226,19 @@ class InferenceProcessor:
             return None
         return _Ready(p, sel.window, params, x)
 
-    def _predict_grouped(self, ready: list[_Ready]) -> dict[int, tuple[ActionProbs, npt.NDArray[np.float64]]]:
-        """One predict_batch call per distinct network (version 0 is one network for all keys)."""
+    def _predict_grouped(self, ready: list[_Ready]) -> dict[int, Prediction]:
+        """One predict call per distinct model (version 0 is one model for all keys), in chunks of
+        ``max_predict_batch`` windows."""
         groups: dict[int, list[_Ready]] = {}
         for item in ready:
-            groups.setdefault(id(item.pending.model.net), []).append(item)
-        out: dict[int, tuple[ActionProbs, npt.NDArray[np.float64]]] = {}
-        for items in groups.values():
+            groups.setdefault(id(item.pending.model.adapter), []).append(item)
+        out: dict[int, Prediction] = {}
+        chunks = [items[i:i + self.max_predict_batch] for items in groups.values()
+                  for i in range(0, len(items), self.max_predict_batch)]
+        for items in chunks:
             x = np.stack([item.x for item in items])
             started = time.monotonic()
-            results = self._predict(items[0].pending.model.net, x, self.registry.device, self.max_predict_batch)
+            results = self._predict(items[0].pending.model.adapter, x, [item.norm_params for item in items])
             metrics.PREDICT_SECONDS.observe(time.monotonic() - started)
             metrics.BATCH_SIZE.observe(len(items))
             for item, result in zip(items, results, strict=True):

@@ -13,23 +13,27 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from reftrain.model.features import build_input, choose_action, compute_norm_params, decode_candle
-from reftrain.records import ActionProbs, InferenceRef, NormParams, inference_id, series_key
+from reftrain.adapters import Prediction, TrainingAdapter, choose_action
+from reftrain.records import InferenceRef, NormParams, inference_id, series_key
 from reftrain.window import Window
 from services.inference.windows import target_timestamp
 
 
-def model_input(window: Window) -> tuple[NormParams, npt.NDArray[np.float32]]:
-    """(norm_params, float32 [n, features]) of a window, reproducible from the window alone."""
-    params = compute_norm_params(window, prev_close=None)
-    return params, build_input(window, params)
+def model_input(window: Window, adapter: TrainingAdapter) -> tuple[NormParams, npt.NDArray[np.float32]]:
+    """(norm_params, float32 features) of a window, reproducible from the window alone."""
+    params = adapter.norm_params(window)
+    if params.get("scheme") != adapter.scheme:
+        raise ValueError(f"adapter {type(adapter).name!r} made params of scheme {params.get('scheme')!r}, "
+                         f"not its own {adapter.scheme!r}")
+    return params, adapter.features(window, params)
 
 
-def build_ref(window: Window, norm_params: NormParams, probs: ActionProbs, head: npt.ArrayLike,
+def build_ref(window: Window, norm_params: NormParams, prediction: Prediction,
               model_key: str, model_version: int, bar_ms: int, horizon: int, created_at: int) -> InferenceRef:
     """The InferenceRef of one prediction. Ids and times come from event times only, so a replay
     of the same candles with the same model version yields the same ``inference_id``."""
     series = series_key(window.symbol, window.timeframe)
+    probs = prediction.probs
     action, confidence = choose_action(probs)
     return {
         "inference_id": inference_id(series, window.end, model_key, model_version),
@@ -44,7 +48,7 @@ def build_ref(window: Window, norm_params: NormParams, probs: ActionProbs, head:
         "norm_params": norm_params,
         "predicted_action": action,
         "action_probs": {"buy": float(probs["buy"]), "sell": float(probs["sell"]), "hold": float(probs["hold"])},
-        "predicted_candle": decode_candle(head, norm_params),
+        "predicted_candle": prediction.candle,
         "confidence": confidence,
         "target_timestamp": target_timestamp(window.end, bar_ms, horizon),
         "created_at": int(created_at),

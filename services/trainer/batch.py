@@ -9,11 +9,14 @@ Why each rule:
   and checks that the outcome belongs to the ref (same series; a CANDLE job's candle is the ref's
   target candle). A job breaking any rule would train the model on a wrong target: it is rejected
   with a reason and dead-lettered instead.
-* The input is ``build_input(window, ref.norm_params)`` on the verified window: the statistics are
-  never recomputed, so the model trains on the very input inference saw.
-* A step only ever holds jobs of ONE model key (a step updates one model) and of one window length
-  (inputs are stacked); within a model, jobs keep their offset order, so a replay of the same
-  partition produces the same steps.
+* The input is ``adapter.features(window, ref.norm_params)`` on the verified window: the statistics
+  are never recomputed, so the model trains on the very input inference saw. A ref of another
+  feature scheme than the running adapter's is rejected (``scheme_mismatch``), never trained.
+* Labels come from ``reftrain.labels`` (the one rule the report and backtest score with), computed
+  here from the verified window, so every adapter learns the same targets.
+* A step only ever holds jobs of ONE model key (a step updates one model), of one trigger
+  (``train_candle`` / ``train_pivot``) and of one window length (inputs are stacked); within a model,
+  jobs keep their offset order, so a replay of the same partition produces the same steps.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from reftrain import validation
+from reftrain import labels, validation
+from reftrain.adapters import CandleExample, PivotExample, TrainingAdapter
 from reftrain.errors import InvalidRecordError, WindowMismatchError
-from reftrain.model import build_input
-from reftrain.model.training import SampleTarget, TargetBatch, job_target
 from reftrain.records import TrainingJob
+from reftrain.window import Window
 from services.trainer.windows import FetchStats, WindowFetcher, WindowRequest
 
 
@@ -51,8 +54,11 @@ class Sample:
     job_id: str
     model_key: str
     trigger: str
-    x: npt.NDArray[np.float32]
-    target: SampleTarget
+    example: CandleExample | PivotExample
+
+    @property
+    def x(self) -> npt.NDArray[np.float32]:
+        return self.example.x
 
 
 @dataclass(frozen=True)
@@ -97,15 +103,20 @@ def check_job(job: TrainingJob) -> None:
 
 
 def prepare(jobs: Sequence[PendingJob], fetcher: WindowFetcher,
-            threshold: float | None = None) -> tuple[list[Sample], list[Rejection], FetchStats]:
+            adapter: TrainingAdapter) -> tuple[list[Sample], list[Rejection], FetchStats]:
     """Samples of the trainable jobs and rejections of the others, in input order.
 
-    The windows of every job that passes ``check_job`` are fetched in one pass."""
+    The windows of every job that passes ``check_job`` are fetched in one pass. A PIVOT job whose
+    pivot is below ``labels.MIN_PIVOT_LEVEL`` is neither a sample nor a rejection (it teaches nothing)."""
     rejections: list[Rejection] = []
     valid: list[PendingJob] = []
     for p in jobs:
         try:
             check_job(p.job)
+            scheme = p.job["ref"]["norm_params"]["scheme"]
+            if scheme != adapter.scheme:
+                raise InvalidRecordError("scheme_mismatch", f"ref made with feature scheme {scheme!r}; this trainer "
+                                                            f"runs {type(adapter).name!r} with {adapter.scheme!r}")
             valid.append(p)
         except InvalidRecordError as exc:
             rejections.append(Rejection(p.partition, p.offset, exc))
@@ -119,38 +130,52 @@ def prepare(jobs: Sequence[PendingJob], fetcher: WindowFetcher,
             continue
         job = p.job
         try:
-            x = build_input(window, job["ref"]["norm_params"])
+            x = adapter.features(window, job["ref"]["norm_params"])
         except ValueError as exc:  # other scheme, malformed, or params of another window
             rejections.append(Rejection(p.partition, p.offset, InvalidRecordError("bad_norm_params", str(exc))))
             continue
         try:
-            target = job_target(job, threshold)
+            example = job_example(job, window, x)
         except ValueError as exc:
             rejections.append(Rejection(p.partition, p.offset, InvalidRecordError("bad_target", str(exc))))
             continue
-        samples.append(Sample(p.partition, p.offset, job["job_id"], job["model_key"], job["trigger"], x, target))
+        if example is not None:
+            samples.append(Sample(p.partition, p.offset, job["job_id"], job["model_key"], job["trigger"], example))
     rejections.sort(key=lambda r: (r.partition, r.offset))
     return samples, rejections, stats
 
 
+def job_example(job: TrainingJob, window: Window, x: npt.NDArray[np.float32]) -> CandleExample | PivotExample | None:
+    """The adapter's example of a job, labelled with ``reftrain.labels`` on the verified window."""
+    ref = job["ref"]
+    if job["trigger"] == "CANDLE":
+        candle = job["actual_candle"]
+        if candle is None:
+            raise ValueError("CANDLE job without actual_candle")
+        closes = np.asarray(window.values, dtype=np.float64)[:, 3]
+        action = labels.action_label(float(closes[-1]), float(candle["close"]), labels.window_vol(closes))
+        return CandleExample(job["job_id"], x, ref["norm_params"], candle, labels.ACTION_INDEX[action])
+    pivot = job["pivot"]
+    if pivot is None:
+        raise ValueError("PIVOT job without pivot")
+    label = labels.pivot_label(int(ref["data_range_end"]), pivot)
+    if label is None:
+        return None
+    return PivotExample(job["job_id"], x, ref["norm_params"], pivot, labels.PIVOT_INDEX[label])
+
+
 def training_batches(samples: Sequence[Sample], batch: int) -> list[list[Sample]]:
-    """Optimiser steps: per (model key, window length), consecutive chunks of at most ``batch``
+    """Optimiser steps: per (model key, trigger, input shape), consecutive chunks of at most ``batch``
     samples in offset order. Models appear in the order of their first sample."""
     if batch < 1:
         raise ValueError("batch must be >= 1")
-    groups: dict[tuple[str, int], list[Sample]] = {}
+    groups: dict[tuple[str, str, tuple[int, ...]], list[Sample]] = {}
     for s in sorted(samples, key=lambda s: (s.partition, s.offset)):
-        groups.setdefault((s.model_key, s.x.shape[0]), []).append(s)
+        groups.setdefault((s.model_key, s.trigger, tuple(s.x.shape)), []).append(s)
     out: list[list[Sample]] = []
     for group in groups.values():
         out.extend(group[i:i + batch] for i in range(0, len(group), batch))
     return out
-
-
-def stack(samples: Sequence[Sample]) -> tuple[npt.NDArray[np.float32], TargetBatch]:
-    """Inputs ``[B, n, F]`` (one contiguous array, ready for a pinned copy) and their targets."""
-    x = np.stack([s.x for s in samples]).astype(np.float32, copy=False)
-    return x, TargetBatch.stack([s.target for s in samples])
 
 
 def describe(job: TrainingJob) -> dict[str, Any]:

@@ -26,22 +26,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from reftrain.failpoint import Failpoint
-from reftrain.model import (
-    DEFAULT_SEED,
-    RefTrainNet,
-    init_model,
+from reftrain.adapters import (
+    CandleExample,
+    TrainingAdapter,
+    load_adapter,
     load_checkpoint,
-    make_optimizer,
     save_checkpoint,
-    select_device,
-    set_determinism,
-    training_step,
 )
-from reftrain.model.training import SampleTarget, TargetBatch
+from reftrain.failpoint import Failpoint
+from reftrain.model import DEFAULT_SEED, select_device, set_determinism
 from reftrain.records import ModelVersion
 from services.trainer import metrics
-from services.trainer.batch import PendingJob, Rejection, Sample, prepare, stack, training_batches
+from services.trainer.batch import PendingJob, Rejection, Sample, prepare, training_batches
 from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.lineage import (
     EMPTY_DIGEST,
@@ -79,13 +75,13 @@ class Lineage:
     checkpoint (plus ``new_job_ids``, trained since)."""
 
     model_key: str
-    model: RefTrainNet
-    optimizer: torch.optim.Optimizer
+    adapter: TrainingAdapter
     version: int = 0
     trained_jobs: int = 0
     jobs_digest: str = EMPTY_DIGEST
     checkpoint_path: str | None = None
     created_at: int = 0
+    sha256: str = ""
     new_job_ids: list[str] = field(default_factory=list)
     #: running sums since the last checkpoint (steps, samples, train_seconds, losses)
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -97,20 +93,25 @@ class Lineage:
         self.sums["steps"] += 1
         self.sums["samples"] += len(samples)
         self.sums["train_seconds"] += seconds
-        for k in ("loss", "action_loss", "candle_loss"):
-            self.sums[k] += stats[k]
+        for k, v in stats.items():
+            self.sums[k] += float(v)
+        self.sums[f"steps_{samples[0].trigger.lower()}"] += 1 if samples else 0
 
     def interval_metrics(self) -> dict[str, float]:
         """Mean step losses since the last checkpoint, and totals; plain floats for Avro and meta."""
+        totals = ("steps", "samples", "train_seconds", "steps_candle", "steps_pivot")
         steps = max(self.sums["steps"], 1)
-        return {
-            "loss": float(self.sums["loss"] / steps),
-            "action_loss": float(self.sums["action_loss"] / steps),
-            "candle_loss": float(self.sums["candle_loss"] / steps),
-            "steps": float(self.sums["steps"]),
-            "samples": float(self.sums["samples"]),
-            "train_seconds": float(self.sums["train_seconds"]),
-        }
+        out = {k: float(self.sums[k]) for k in totals}
+        for k, v in self.sums.items():
+            if k in totals:
+                continue
+            if k in ("action_loss", "candle_loss", "temperature"):  # CANDLE steps only
+                out[k] = float(v / max(self.sums["steps_candle"], 1))
+            elif k == "pivot_loss":
+                out[k] = float(v / max(self.sums["steps_pivot"], 1))
+            else:
+                out[k] = float(v / steps)
+        return out
 
 
 @dataclass
@@ -142,6 +143,7 @@ class TrainerEngine:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         kill_on_failpoint: bool = True,
         warm_up: bool = False,
+        adapter: type[TrainingAdapter] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -158,25 +160,34 @@ class TrainerEngine:
         else:  # CUDA: deterministic kernels cost throughput; only when asked for
             torch.manual_seed(DEFAULT_SEED)
         self.amp = settings.amp and self.device.type == "cuda"
+        self.adapter_cls = adapter or load_adapter()
+        self.adapter_cls.configure({"lr": settings.lr, "amp": self.amp})
         self.fetcher = WindowFetcher(store, settings.cache_rows)
         self.parts: dict[int, PartitionState] = {}
         self.data_path = Path(store.data_path)
+        self._probe: TrainingAdapter | None = None
         self._failpoint = Failpoint(settings.failpoint, FAILPOINT_STAGES, "TRAINER_FAILPOINT", kill=kill_on_failpoint)
         if warm_up:
             self.warm_up()
 
     def warm_up(self, rows: int = 600) -> None:
-        """One throwaway optimiser step before joining the group. The first AdamW in a process
+        """One throwaway CANDLE step before joining the group. The first AdamW in a process
         imports half of torch (measured 2-7 s on a busy 2-core box) and the first steps initialise
         the CPU kernels; paid here, it does not hold partitions (and their models) idle."""
         t0 = time.perf_counter()
-        model = init_model(DEFAULT_SEED).to(self.device)
-        optimizer = make_optimizer(model, self.settings.lr)
-        x = np.zeros((2, rows, 5), dtype=np.float32)
-        targets = TargetBatch.stack([SampleTarget(2, 1.0, np.zeros(4, dtype=np.float32)),
-                                     SampleTarget(0, 1.0, None)])
-        training_step(model, optimizer, x, targets, self.device, amp=self.amp)
-        log.info("warmed up", extra={"seconds": round(time.perf_counter() - t0, 3), "device": str(self.device)})
+        adapter = self.adapter_cls.create(DEFAULT_SEED, str(self.device))
+        closes = 100.0 * np.exp(np.cumsum(np.full(rows, 1e-4)))
+        from reftrain.window import Window
+        values = np.stack([closes, closes * 1.001, closes * 0.999, closes, np.ones(rows)], axis=1)
+        window = Window("WARMUP", "1m", np.arange(rows, dtype=np.int64) * 60_000, values)
+        params = adapter.norm_params(window)
+        x = adapter.features(window, params)
+        candle = {"open": closes[-1], "high": closes[-1], "low": closes[-1], "close": closes[-1]}
+        # one step: the pivot step uses the same kernels
+        adapter.train_candle([CandleExample("warm", x, params, candle, 2)])
+        self._probe = adapter  # reused as the scheme probe (features do not depend on weights)
+        log.info("warmed up", extra={"seconds": round(time.perf_counter() - t0, 3), "device": str(self.device),
+                                     "adapter": self.adapter_cls.kind()})
 
     # -- ownership -----------------------------------------------------------------------------
     def manifest_path(self, partition: int) -> Path:
@@ -236,7 +247,7 @@ class TrainerEngine:
         if not jobs:
             return []
         t0 = time.perf_counter()
-        samples, rejections, stats = prepare(jobs, self.fetcher)
+        samples, rejections, stats = prepare(jobs, self.fetcher, self._scheme_probe())
         metrics.WINDOW_FETCH_SECONDS.observe(stats.seconds)
         metrics.WINDOW_ROWS_READ.inc(stats.rows_read)
         metrics.WINDOW_CACHE.labels("cache").inc(stats.from_cache)
@@ -258,14 +269,23 @@ class TrainerEngine:
                                  "train_s": round(time.perf_counter() - t_train, 4)})
         return rejections
 
+    def _scheme_probe(self) -> TrainingAdapter:
+        """Any instance of the running adapter (features do not depend on a lineage's weights)."""
+        if self._probe is None:
+            self._probe = self.adapter_cls.create(DEFAULT_SEED, str(self.device))
+        return self._probe
+
     def _train(self, chunk: list[Sample]) -> None:
         first = chunk[0]
         lineage = self._lineage(self.parts[first.partition], first.model_key)
-        x, targets = stack(chunk)
         t0 = time.perf_counter()
-        out = training_step(lineage.model, lineage.optimizer, x, targets, self.device, amp=self.amp)
+        if first.trigger == "CANDLE":
+            out = lineage.adapter.train_candle([s.example for s in chunk])  # type: ignore[misc]
+        else:
+            out = lineage.adapter.train_pivot([s.example for s in chunk])  # type: ignore[misc]
         lineage.record(chunk, out, time.perf_counter() - t0)
-        metrics.LOSS.labels(lineage.model_key).set(out["loss"])
+        if "loss" in out:
+            metrics.LOSS.labels(lineage.model_key).set(out["loss"])
         for s in chunk:
             metrics.JOBS_TRAINED.labels(s.trigger).inc()
 
@@ -311,8 +331,8 @@ class TrainerEngine:
                 "group": self.group, "topic": self.topic, "partition": partition,
                 "device": str(self.device), "amp": self.amp, "seed": DEFAULT_SEED,
             }
-            save_checkpoint(self.data_path / path, lin.model, lin.optimizer, meta)
-            written[key] = ModelEntry(version, path, trained, digest, now_ms)
+            sha = save_checkpoint(self.data_path / path, lin.adapter, meta)
+            written[key] = ModelEntry(version, path, trained, digest, now_ms, sha)
             metas[key] = interval
         self._fail("after_model_files")
         try:  # (2) dead letters durable, offsets committed: refused for a member that lost the partition
@@ -322,7 +342,7 @@ class TrainerEngine:
             raise
         self._fail("after_fence")
         committed = {k: ModelEntry(lin.version, lin.checkpoint_path, lin.trained_jobs, lin.jobs_digest,
-                                   lin.created_at)
+                                   lin.created_at, lin.sha256)
                      for k, lin in state.lineages.items() if lin.checkpoint_path is not None}
         committed.update(written)
         manifest = PartitionManifest(self.group, self.topic, partition, state.next_offset, state.seq + 1,
@@ -339,6 +359,7 @@ class TrainerEngine:
             lin = state.lineages[key]
             lin.version, lin.checkpoint_path = entry.version, entry.checkpoint_path
             lin.trained_jobs, lin.jobs_digest, lin.created_at = entry.trained_jobs, entry.jobs_digest, now_ms
+            lin.sha256 = entry.sha256
             lin.new_job_ids.clear()
             lin.sums.clear()
         self._fail("after_manifest")
@@ -347,7 +368,7 @@ class TrainerEngine:
                                             metas[key], now_ms)
         self._fail("after_rows")
         for key, entry in written.items():  # (5) announce; re-announced on every assignment
-            self.publish(_model_version(key, entry, metas[key]))
+            self.publish(_model_version(key, entry, metas[key], self.adapter_cls.kind()))
             metrics.MODEL_VERSION.labels(key).set(entry.version)
         self._fail("after_publish")
         metrics.CHECKPOINTS.labels("committed").inc()
@@ -381,19 +402,16 @@ class TrainerEngine:
             lin = self._load(key, entry)
             lin.jobs_digest = str(lin.meta.get("jobs_digest", EMPTY_DIGEST))
             return lin
-        model = init_model(DEFAULT_SEED).to(self.device)
-        return Lineage(key, model, make_optimizer(model, self.settings.lr))
+        return Lineage(key, self.adapter_cls.create(DEFAULT_SEED, str(self.device)))
 
     def _load(self, key: str, entry: ModelEntry) -> Lineage:
-        model, opt_state, meta = load_checkpoint(self.data_path / entry.checkpoint_path, self.device)
+        adapter, meta = load_checkpoint(self.data_path / entry.checkpoint_path, self.adapter_cls, str(self.device),
+                                        expected_sha256=entry.sha256 or None)
         if meta.get("model_key") != key or int(meta.get("version", -1)) != entry.version:
             raise ValueError(f"{entry.checkpoint_path}: meta says {meta.get('model_key')} v{meta.get('version')}, "
                              f"manifest says {key} v{entry.version}")
-        optimizer = make_optimizer(model, self.settings.lr)
-        if opt_state:
-            optimizer.load_state_dict(opt_state)
-        lin = Lineage(key, model, optimizer, entry.version, entry.trained_jobs, entry.jobs_digest,
-                      entry.checkpoint_path, entry.created_at, meta=dict(meta))
+        lin = Lineage(key, adapter, entry.version, entry.trained_jobs, entry.jobs_digest,
+                      entry.checkpoint_path, entry.created_at, entry.sha256, meta=dict(meta))
         metrics.MODEL_VERSION.labels(key).set(entry.version)
         return lin
 
@@ -410,7 +428,7 @@ class TrainerEngine:
             metrics.LINEAGE_ANOMALIES.labels(key).inc()
             log.error("store has a newer version than the partition manifest",
                       extra={"model_key": key, "store_version": row["version"], "manifest_version": entry.version})
-        self.publish(_model_version(key, entry, meta_metrics))
+        self.publish(_model_version(key, entry, meta_metrics, self.adapter_cls.kind()))
 
     # -- device and faults ---------------------------------------------------------------------
     def export_device_metrics(self) -> None:
@@ -425,7 +443,8 @@ class TrainerEngine:
         self._failpoint.reached(stage)
 
 
-def _model_version(key: str, entry: ModelEntry, metrics_: dict[str, float]) -> ModelVersion:
+def _model_version(key: str, entry: ModelEntry, metrics_: dict[str, float], adapter: str) -> ModelVersion:
     return {"model_key": key, "version": entry.version, "checkpoint_path": entry.checkpoint_path,
-            "trained_jobs": entry.trained_jobs, "metrics": dict(metrics_), "created_at": entry.created_at}
+            "trained_jobs": entry.trained_jobs, "metrics": dict(metrics_), "created_at": entry.created_at,
+            "checkpoint_sha256": entry.sha256 or None, "adapter": adapter}
 

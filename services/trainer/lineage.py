@@ -108,6 +108,9 @@ class ModelEntry:
     trained_jobs: int
     jobs_digest: str
     created_at: int
+    #: sha256 of the checkpoint file (announced in ModelVersion.checkpoint_sha256, checked on load);
+    #: "" in manifests written before it existed
+    sha256: str = ""
 
 
 @dataclass
@@ -183,11 +186,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def read_meta(data_path: str | os.PathLike[str], checkpoint_path: str) -> dict[str, Any]:
-    """The meta of a checkpoint file (path relative to the store's data path)."""
-    import torch  # only auditing needs it here
+    """The meta of a checkpoint file (path relative to the store's data path); reads only the
+    container's JSON header (``reftrain.adapters``), so auditing needs no torch and no adapter."""
+    from reftrain.adapters import read_header
 
-    payload = torch.load(Path(data_path) / checkpoint_path, map_location="cpu", weights_only=True)
-    meta: dict[str, Any] = payload["meta"]
+    header, _ = read_header((Path(data_path) / checkpoint_path).read_bytes())
+    meta: dict[str, Any] = header["meta"]
     return meta
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from reftrain.model import DEFAULT_SEED, build_input, compute_norm_params, init_model, load_checkpoint, predict_batch
+from reftrain.adapters import load_checkpoint
+from reftrain.model import DEFAULT_SEED, build_input, compute_norm_params
+from reftrain.model.adapter import TorchAdapter
 from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 
@@ -48,12 +50,12 @@ def main(src: str, dst: str) -> None:
             key = (ref["model_key"], int(ref["model_version"]))
             if key not in models:
                 if key[1] == 0:
-                    models[key] = init_model(DEFAULT_SEED)
+                    models[key] = TorchAdapter.create(DEFAULT_SEED, "cpu")
                 else:
                     ((path,),) = store.query("SELECT checkpoint_path FROM lake.model_versions WHERE model_key = ? "
                                              "AND version = ?", [key[0], key[1]])
-                    models[key] = load_checkpoint(f"{store.data_path}/{path}")[0]
-            ((probs, _),) = predict_batch(models[key], x[None], "cpu")
+                    models[key] = load_checkpoint(f"{store.data_path}/{path}", TorchAdapter, "cpu")[0]
+            probs = models[key].predict(x[None], [ref["norm_params"]])[0].probs
             out.append({
                 "inference_id": ref["inference_id"],
                 "rows": len(w),

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reftrain.model import build_input, init_model, save_checkpoint
+from reftrain.adapters import save_checkpoint
+from reftrain.model import build_input, init_model
+from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle, ModelVersion, inference_id
 from reftrain.settings import PlatformSettings
 from reftrain.store import Store
@@ -136,12 +138,14 @@ def assert_reproducible(platform: PlatformSettings, refs: list[dict[str, Any]], 
 def publish_version(platform: PlatformSettings, store: Store, key: str, version: int, seed: int) -> None:
     """What the trainer does: checkpoint file, then the model_versions row, then the message."""
     path = store.checkpoint_dir() / key.replace(":", "_") / f"v{version}.pt"
-    save_checkpoint(path, init_model(seed), None, {"model_key": key, "version": version, "trained_jobs": 0})
+    sha = save_checkpoint(path, TorchAdapter.from_model(init_model(seed)),
+                          {"model_key": key, "version": version, "trained_jobs": 0})
     rel = str(path.relative_to(store.data_path))
     now = int(time.time() * 1000)
     store.record_model_version(key, version, rel, 0, {"loss": 1.0}, now)
     mv: ModelVersion = {"model_key": key, "version": version, "checkpoint_path": rel, "trained_jobs": 0,
-                        "metrics": {"loss": 1.0}, "created_at": now}
+                        "metrics": {"loss": 1.0}, "created_at": now, "checkpoint_sha256": sha,
+                        "adapter": TorchAdapter.kind()}
     produce_records(platform, MODEL_VERSIONS, [(key, dict(mv))])
 
 

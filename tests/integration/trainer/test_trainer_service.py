@@ -33,8 +33,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from reftrain.model import DEFAULT_SEED, build_input, evaluate, init_model, job_target, load_checkpoint
-from reftrain.model.training import TargetBatch
+from reftrain import labels
+from reftrain.adapters import load_checkpoint
+from reftrain.model import DEFAULT_SEED, build_input, candle_logrets, evaluate, init_model
+from reftrain.model.adapter import TorchAdapter
+from reftrain.model.training import SampleTarget, TargetBatch
 from reftrain.records import TrainingJob
 from reftrain.settings import PlatformSettings
 from reftrain.store import Store
@@ -174,7 +177,7 @@ class Trainers:
         self.procs.append(proc)
         return proc
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
         url = f"http://127.0.0.1:{proc.port}/readyz"  # type: ignore[attr-defined]
         assert wait_http(url, timeout), f"not ready: {tail(proc)}"
 
@@ -270,10 +273,13 @@ def report_improvement(ds: Dataset, btc: dict[str, Any]) -> None:
     for end in range(1199, 1499):
         ref = make_ref(ds.btc, end, WINDOW)
         xs.append(build_input(window_of(ds.btc[end - WINDOW + 1:end + 1]), ref["norm_params"]))
-        targets.append(job_target({"job_id": "h", "model_key": BTC, "trigger": "CANDLE", "ref": ref,
-                                   "actual_candle": ds.btc[end + 1], "pivot": None, "created_at": 0}))
+        p, c = ref["norm_params"]["params"], ds.btc[end + 1]
+        action = labels.action_label(p["last_close"], c["close"], p["ret_scale"])
+        z = candle_logrets(ref["norm_params"], c["open"], c["high"], c["low"], c["close"]).astype(np.float32)
+        targets.append(SampleTarget(action=labels.ACTION_INDEX[action], candle=z))
     x, t = np.stack(xs), TargetBatch.stack(targets)
-    final, _, _ = load_checkpoint(Path(ds.platform.store_data_path) / btc["entry"].checkpoint_path)
+    final = load_checkpoint(Path(ds.platform.store_data_path) / btc["entry"].checkpoint_path, TorchAdapter,
+                            "cpu", expected_sha256=btc["entry"].sha256)[0].model
     v0 = evaluate(init_model(DEFAULT_SEED), x, t, "cpu")
     vn = evaluate(final, x, t, "cpu")
     counts = Counter(t.action.tolist())

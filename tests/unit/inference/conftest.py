@@ -95,10 +95,10 @@ def candle_record(c: Candle, offset: int = 0, partition: int = 0, key: str | Non
 
 
 def model_version_record(model_key: str, version: int, path: str, offset: int = 0, partition: int = 0,
-                         key: str | None = None) -> Record:
+                         key: str | None = None, sha256: str | None = None, adapter: str | None = None) -> Record:
     created_at = 1_700_000_000_000 + version
     value = {"model_key": model_key, "version": version, "checkpoint_path": path, "trained_jobs": 10 * version,
-             "metrics": {"loss": 1.0}, "created_at": created_at}
+             "metrics": {"loss": 1.0}, "created_at": created_at, "checkpoint_sha256": sha256, "adapter": adapter}
     return Record(MODEL_VERSIONS, model_key if key is None else key, value, partition, offset, created_at)
 
 

@@ -5,6 +5,7 @@ without dropped or duplicated refs, unusable checkpoints dead-lettered, store fa
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 import torch
 
 from reftrain import schemas
+from reftrain.adapters import AdapterMismatchError, TrainingAdapter, load_checkpoint, save_checkpoint
 from reftrain.errors import InvalidRecordError
-from reftrain.model import build_input, compute_norm_params, init_model, predict_batch, save_checkpoint
+from reftrain.model import build_input, compute_norm_params, init_model, predict_batch
+from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle, inference_id
 from reftrain.streams import Record, RestartSession
 from reftrain.topics import INFERENCE_REFS
@@ -32,14 +35,14 @@ KEY = "BTCUSDT:1m"
 
 
 class SpyPredict:
-    """predict_batch, recording the batch size of each call."""
+    """The adapter's predict, recording the batch size of each call."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def __call__(self, model: Any, x: np.ndarray, device: Any, max_batch: int) -> Any:
+    def __call__(self, adapter: TrainingAdapter, x: np.ndarray, params: Any) -> Any:
         self.sizes.append(int(x.shape[0]))
-        return predict_batch(model, x, device, max_batch)
+        return adapter.predict(x, params)
 
 
 def make(store: MemStore, **kw: Any) -> tuple[InferenceProcessor, SpyPredict]:
@@ -63,7 +66,8 @@ def value(counter: Any, *labels: str) -> float:
 
 def checkpoint(store: MemStore, key: str, version: int, seed: int) -> str:
     rel = f"checkpoints/{key.replace(':', '_')}/v{version}.pt"
-    save_checkpoint(Path(store.data_path) / rel, init_model(seed), None, {"model_key": key, "version": version})
+    save_checkpoint(Path(store.data_path) / rel, TorchAdapter.from_model(init_model(seed)),
+                    {"model_key": key, "version": version})
     return rel
 
 
@@ -218,8 +222,9 @@ def test_an_unusable_checkpoint_is_invalid_input_and_the_old_model_stays(
     store = MemStore(tmp_path / "lake", btc[:610])
     (tmp_path / "lake").mkdir(exist_ok=True)
     (tmp_path / "lake" / "junk.pt").write_bytes(b"not a checkpoint")
-    save_checkpoint(tmp_path / "lake" / "other.pt", init_model(1), None, {"model_key": "ETHUSDT:1m", "version": 1})
-    save_checkpoint(tmp_path / "outside.pt", init_model(1), None, {"model_key": KEY, "version": 1})
+    save_checkpoint(tmp_path / "lake" / "other.pt", TorchAdapter.from_model(init_model(1)),
+                    {"model_key": "ETHUSDT:1m", "version": 1})
+    save_checkpoint(tmp_path / "outside.pt", TorchAdapter.from_model(init_model(1)), {"model_key": KEY, "version": 1})
     proc, _ = make(store)
     ctx = FakeCtx()
     with pytest.raises(InvalidRecordError) as err:
@@ -296,3 +301,50 @@ def test_gap_in_the_window_the_ref_tells_the_truth(tmp_path: Path, ltc: list[Can
                                                      ltc[492]["open_time"]]
     assert [r["target_timestamp"] - r["data_range_end"] for r in refs] == [2 * MIN] * 3
     assert value(metrics.GAPPED_WINDOWS, "LTCUSD:1m") == gapped + 2
+
+
+class OtherAdapter(TorchAdapter):
+    """The same network under another feature-scheme name: its checkpoints must not load."""
+
+    name = "other-adapter"
+    scheme = "other-v1"
+
+
+def test_checkpoint_sha256_is_checked_before_any_load_and_a_mismatch_is_refused_and_counted(
+        tmp_path: Path, btc: list[Candle]) -> None:
+    store = MemStore(tmp_path, btc[:620])
+    rel = checkpoint(store, KEY, 1, seed=1)
+    good = hashlib.sha256((Path(store.data_path) / rel).read_bytes()).hexdigest()
+    proc, _ = make(store)
+    ctx = FakeCtx()
+    before = value(metrics.MODEL_LOADS, "sha256_mismatch")
+    with pytest.raises(InvalidRecordError) as err:
+        proc.process(model_version_record(KEY, 1, rel, sha256="0" * 64), ctx)  # type: ignore[arg-type]
+    assert err.value.reason == "checkpoint_sha256_mismatch"
+    assert value(metrics.MODEL_LOADS, "sha256_mismatch") == before + 1
+    assert proc.model_versions() == {KEY: 0}  # the old model stays
+    # A file that is not even a checkpoint is refused on its hash alone: nothing parses it.
+    (Path(store.data_path) / "evil.pt").write_bytes(b"\x80\x04 pickle that would run code")
+    with pytest.raises(InvalidRecordError, match="checkpoint_sha256_mismatch"):
+        proc.process(model_version_record(KEY, 1, "evil.pt", sha256=good), ctx)  # type: ignore[arg-type]
+    proc.process(model_version_record(KEY, 1, rel, sha256=good, adapter=TorchAdapter.kind()), ctx)  # type: ignore[arg-type]
+    assert proc.model_versions() == {KEY: 1}
+
+
+def test_a_checkpoint_of_another_adapter_or_scheme_is_refused_with_a_clear_error(
+        tmp_path: Path, btc: list[Candle]) -> None:
+    store = MemStore(tmp_path, btc[:620])
+    rel = "checkpoints/other.ckpt"
+    save_checkpoint(Path(store.data_path) / rel, OtherAdapter.from_model(init_model(1)),
+                    {"model_key": KEY, "version": 1})
+    with pytest.raises(AdapterMismatchError, match=r"other-adapter.*other-v1.*builtin-gru-v2.*logret-v1"):
+        load_checkpoint(Path(store.data_path) / rel, TorchAdapter)
+    proc, _ = make(store)
+    before = value(metrics.MODEL_LOADS, "adapter_mismatch")
+    with pytest.raises(InvalidRecordError) as err:
+        proc.process(model_version_record(KEY, 1, rel), FakeCtx())  # type: ignore[arg-type]
+    assert err.value.reason == "adapter_mismatch" and "other-adapter" in str(err.value)
+    with pytest.raises(InvalidRecordError, match="adapter_mismatch"):  # named in the record: refused unread
+        proc.process(model_version_record(KEY, 1, rel, adapter=OtherAdapter.kind()), FakeCtx())  # type: ignore[arg-type]
+    assert value(metrics.MODEL_LOADS, "adapter_mismatch") == before + 2
+    assert proc.model_versions() == {KEY: 0}

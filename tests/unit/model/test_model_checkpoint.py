@@ -39,10 +39,10 @@ def _batch() -> tuple[np.ndarray, TargetBatch]:
     x = np.random.default_rng(1).standard_normal((4, 40, 5)).astype(np.float32)
     t = TargetBatch.stack(
         [
-            SampleTarget(0, 1.0, np.array([0.0, 1.0, -1.0, 0.5], dtype=np.float32)),
-            SampleTarget(2, 1.0, np.array([0.1, 0.9, -0.8, -0.2], dtype=np.float32)),
-            SampleTarget(1, 2.0, None),
-            SampleTarget(0, 1.0, None),
+            SampleTarget(action=0, candle=np.array([0.0, 1.0, -1.0, 0.5], dtype=np.float32)),
+            SampleTarget(action=2, candle=np.array([0.1, 0.9, -0.8, -0.2], dtype=np.float32)),
+            SampleTarget(pivot=1),
+            SampleTarget(pivot=2),
         ]
     )
     return x, t

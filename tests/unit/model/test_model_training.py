@@ -1,32 +1,25 @@
-"""Targets, loss, determinism, and learning on real BTCUSDT 1m candles."""
+"""Loss (masked heads), determinism, and learning on real BTCUSDT 1m candles."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from reftrain import labels
 from reftrain.model import (
     SampleTarget,
     TargetBatch,
-    action_threshold,
     build_input,
     candle_logrets,
-    candle_target,
     compute_norm_params,
     evaluate,
     init_model,
-    job_target,
     make_optimizer,
-    pivot_target,
-    realised_action,
     set_determinism,
     training_step,
 )
-from reftrain.model.training import ACTION_INDEX, compute_losses
+from reftrain.model.training import PIVOT_LOSS_WEIGHT, compute_losses
 from reftrain.records import NormParams
 from reftrain.window import Window
 
@@ -45,89 +38,43 @@ def _candle(w: Window, t: int) -> dict[str, float]:
     return dict(zip(("open", "high", "low", "close"), map(float, w.values[t, :4]), strict=True))
 
 
+def candle_target(params: NormParams, candle: dict[str, float]) -> SampleTarget:
+    """CANDLE target as the trainer builds it: label from reftrain.labels, candle in ret_scale units."""
+    p = params["params"]
+    action = labels.action_label(p["last_close"], candle["close"], p["ret_scale"])
+    z = candle_logrets(params, candle["open"], candle["high"], candle["low"], candle["close"])
+    return SampleTarget(action=labels.ACTION_INDEX[action], candle=z.astype(np.float32))
+
+
 def _dataset(w: Window, ts: np.ndarray) -> tuple[np.ndarray, list[SampleTarget]]:
     xs, targets = [], []
-    thr = action_threshold(w.timeframe)
     for t in ts:
         x, params = _sample(w, int(t))
         xs.append(x)
-        targets.append(candle_target(params, _candle(w, int(t)), thr))
+        targets.append(candle_target(params, _candle(w, int(t))))
     return np.stack(xs), targets
 
 
-def test_action_threshold_and_realised_action() -> None:
-    assert action_threshold("1m") == pytest.approx(0.0002)
-    assert action_threshold("1h") == pytest.approx(0.0002 * math.sqrt(60))
-    assert realised_action(100.0, 100.03, 0.0002) == "BUY"
-    assert realised_action(100.0, 99.97, 0.0002) == "SELL"
-    assert realised_action(100.0, 100.02, 0.0002) == "HOLD"  # exactly at the threshold: HOLD
-    assert realised_action(100.0, 100.0, 0.0002) == "HOLD"
-
-
-def test_candle_target_uses_the_actual_candle_against_the_last_close(btc_1m: Window) -> None:
-    _, params = _sample(btc_1m, 1000)
-    t = candle_target(params, _candle(btc_1m, 1000), 0.0002)
-    assert t.action_weight == 1.0 and t.candle is not None and t.candle.dtype == np.float32
-    expect = candle_logrets(params, *btc_1m.values[1000, :4]).astype(np.float32)
-    np.testing.assert_array_equal(t.candle, expect)
-    move = btc_1m.values[1000, 3] / btc_1m.values[999, 3] - 1
-    assert t.action == ACTION_INDEX[realised_action(1.0, 1.0 + move, 0.0002)]
-
-
-def test_pivot_target_low_buys_high_sells_weighted_by_level() -> None:
-    assert pivot_target({"kind": "LOW", "level": 3}) == SampleTarget(ACTION_INDEX["BUY"], 3.0, None)
-    assert pivot_target({"kind": "HIGH", "level": 1}) == SampleTarget(ACTION_INDEX["SELL"], 1.0, None)
-    with pytest.raises(ValueError):
-        pivot_target({"kind": "MID", "level": 1})
-    with pytest.raises(ValueError):
-        pivot_target({"kind": "LOW", "level": 0})
-
-
-def _job(params: NormParams, trigger: str, candle: Any = None, pivot: Any = None) -> Any:
-    ref = {"timeframe": "1m", "norm_params": params}
-    return {
-        "job_id": "j",
-        "model_key": "BTCUSDT:1m",
-        "trigger": trigger,
-        "ref": ref,
-        "actual_candle": candle,
-        "pivot": pivot,
-        "created_at": 0,
-    }
-
-
-def test_job_target_dispatches_on_trigger(btc_1m: Window) -> None:
-    _, params = _sample(btc_1m, 900)
-    c = _candle(btc_1m, 900)
-    assert job_target(_job(params, "CANDLE", candle=c)) == candle_target(params, c, action_threshold("1m"))
-    piv = {"kind": "HIGH", "level": 2}
-    assert job_target(_job(params, "PIVOT", pivot=piv)) == pivot_target(piv)
-    with pytest.raises(ValueError):
-        job_target(_job(params, "CANDLE"))
-    with pytest.raises(ValueError):
-        job_target(_job(params, "PIVOT"))
-
-
-def test_mixed_batch_masks_pivots_out_of_the_candle_loss_and_weights_by_level() -> None:
+def test_each_head_is_a_mean_over_its_own_samples_and_pivots_never_touch_the_action_head() -> None:
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     candle = torch.tensor([[0.1, 0.5, -0.5, 0.2], [9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]])
+    pivot = torch.tensor([[5.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 2.0]])
     cand_t = np.array([0.0, 0.6, -0.4, 0.1], dtype=np.float32)
-    batch = TargetBatch.stack(
-        [
-            SampleTarget(0, 1.0, cand_t),
-            SampleTarget(1, 1.0, None),
-            SampleTarget(1, 3.0, None),
-        ]
-    )
+    batch = TargetBatch.stack([SampleTarget(action=0, candle=cand_t), SampleTarget(pivot=1), SampleTarget(pivot=2)])
     assert batch.candle_mask.tolist() == [1.0, 0.0, 0.0]
-    loss, action_loss, candle_loss = compute_losses(logits, candle, batch, torch.device("cpu"))
-    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1]), reduction="none")
-    assert float(action_loss) == pytest.approx(float(ce[0] + ce[1] + 3 * ce[2]) / 3, rel=1e-6)
-    assert float(candle_loss) == pytest.approx(0.5 * 0.1**2, rel=1e-5)  # Huber, |err| = 0.1 < 1
-    assert float(loss) == pytest.approx(float(action_loss) + float(candle_loss), rel=1e-6)
-    pivots_only = TargetBatch.stack([SampleTarget(0, 2.0, None)])
-    _, _, zero = compute_losses(logits[:1], candle[:1], pivots_only, torch.device("cpu"))
-    assert float(zero) == 0.0
+    assert batch.action_mask.tolist() == [1.0, 0.0, 0.0]
+    assert batch.pivot_mask.tolist() == [0.0, 1.0, 1.0]
+    out = compute_losses(logits, candle, pivot, batch, torch.device("cpu"))
+    ce = torch.nn.functional.cross_entropy(logits[:1], torch.tensor([0]))
+    assert float(out["action_loss"]) == pytest.approx(float(ce), rel=1e-6)  # the pivot rows do not count
+    assert float(out["candle_loss"]) == pytest.approx(0.5 * 0.1**2, rel=1e-5)  # Huber, |err| = 0.1 < 1
+    pce = torch.nn.functional.cross_entropy(pivot[1:], torch.tensor([1, 2]))
+    assert float(out["pivot_loss"]) == pytest.approx(float(pce), rel=1e-6)
+    assert float(out["loss"]) == pytest.approx(
+        float(out["action_loss"]) + float(out["candle_loss"]) + PIVOT_LOSS_WEIGHT * float(pce), rel=1e-6)
+    pivots_only = TargetBatch.stack([SampleTarget(pivot=0)])
+    zero = compute_losses(logits[:1], candle[:1], pivot[:1], pivots_only, torch.device("cpu"))
+    assert float(zero["action_loss"]) == 0.0 and float(zero["candle_loss"]) == 0.0
 
 
 def _train(
@@ -143,7 +90,7 @@ def _train(
 
 def test_training_is_deterministic_on_cpu(btc_1m: Window) -> None:
     x, targets = _dataset(btc_1m, np.array([700, 1500, 2300, 3100]))
-    targets[1] = pivot_target({"kind": "LOW", "level": 2})
+    targets[1] = SampleTarget(pivot=labels.PIVOT_INDEX["FUTURE_LOW"])
     batch = TargetBatch.stack(targets)
     a = _train(x, batch, 4)
     b = _train(x, batch, 4)
@@ -189,7 +136,7 @@ def test_loss_falls_on_real_btcusdt_1m_and_report_held_out_accuracy(btc_1m: Wind
     for _ in range(steps):
         idx = rng.choice(len(train_ts), bsz, replace=False)
         batch = TargetBatch.stack([t_train[i] for i in idx])
-        losses.append(training_step(model, opt, x_train[idx], batch, "cpu"))
+        losses.append(training_step(model, opt, x_train[idx], batch, "cpu")[0])
     tr_test = evaluate(model, x_test, test_batch, "cpu")
     tr_probe = evaluate(model, x_probe, probe_batch, "cpu")
 
@@ -199,7 +146,9 @@ def test_loss_falls_on_real_btcusdt_1m_and_report_held_out_accuracy(btc_1m: Wind
     prior = np.bincount(train_batch.action, minlength=3) / len(train_batch)
     const_logits = torch.tensor(np.log(prior), dtype=torch.float32).repeat(len(test_batch), 1)
     const_candle = torch.tensor(train_batch.candle.mean(axis=0)).repeat(len(test_batch), 1)
-    _, const_action, const_cand = compute_losses(const_logits, const_candle, test_batch, torch.device("cpu"))
+    const = compute_losses(const_logits, const_candle, torch.zeros(len(test_batch), 3), test_batch,
+                           torch.device("cpu"))
+    const_action, const_cand = const["action_loss"], const["candle_loss"]
     first = np.mean([m["loss"] for m in losses[:20]])
     last = np.mean([m["loss"] for m in losses[-20:]])
     print(

@@ -82,6 +82,11 @@ def test_consistent_inputs_pass_every_check(inputs: Inputs) -> None:
     acc = s["training"]["accuracy"]
     assert acc["overall"]["n"] == N - WINDOW  # every ref with a target candle scored
     assert set(acc["by_version"]) == {0, 1}
+    sc = acc["scores"]["all"]  # ops.scoring, the same functions as make backtest
+    assert sc["n"] == N - WINDOW and sc["log_loss"]["model"] > 0 and sc["log_loss"]["class_prior"] > 0
+    assert sum(acc["labels"].values()) == N - WINDOW
+    assert sc["label_mix"]["HOLD"] == pytest.approx(acc["labels"].get("HOLD", 0) / (N - WINDOW))
+    assert sc["accuracy"]["always_hold"] == pytest.approx(acc["overall"]["always_hold"], abs=1e-3)
 
 
 def test_lost_duplicate_and_unknown_jobs_fail_exactly_once(inputs: Inputs) -> None:
@@ -116,3 +121,12 @@ def test_percentiles_nearest_rank() -> None:
     p = percentiles(list(range(1, 101)))
     assert (p["p50"], p["p90"], p["p99"], p["max"], p["n"]) == (50, 90, 99, 100, 100)
     assert percentiles([])["p50"] is None
+
+
+def test_report_renders_the_model_vs_baselines_tables(inputs: Inputs) -> None:
+    from ops import report
+
+    rep = report.build(inputs, title="t", meta={}, stages=[], with_plots=False)
+    md = report.render_markdown(rep)
+    assert "Model vs baselines (ops.scoring" in md and "Reliability of confidence" in md
+    assert "log loss prior" in md

@@ -10,15 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reftrain import labels
+from reftrain.adapters import CandleExample, PivotExample
 from reftrain.errors import InvalidRecordError
 from reftrain.model import build_input, compute_norm_params
-from reftrain.model.training import job_target
+from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle, TrainingJob
-from services.trainer.batch import PendingJob, check_job, prepare, stack, training_batches
+from services.trainer.batch import PendingJob, check_job, prepare, training_batches
 from services.trainer.windows import WindowFetcher
 from tests.unit.trainer.trainer_synth import MemStore, synth_jobs, window_of
 
 W = 48
+ADAPTER = TorchAdapter.create(0, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +36,29 @@ def pending(jobs: Sequence[TrainingJob], partition: int = 0, first_offset: int =
 def test_inputs_are_rebuilt_with_the_refs_params_and_targets_follow_the_trigger(
         mem_store: MemStore, btc: Sequence[Candle], btc_jobs: list[TrainingJob]) -> None:
     assert {j["trigger"] for j in btc_jobs} == {"CANDLE", "PIVOT"}
-    samples, rejections, stats = prepare(pending(btc_jobs), WindowFetcher(mem_store))
+    samples, rejections, stats = prepare(pending(btc_jobs), WindowFetcher(mem_store), ADAPTER)
     assert rejections == [] and len(samples) == len(btc_jobs) and stats.store_calls == 1
     by_time = {c["open_time"]: i for i, c in enumerate(btc)}
     for s, job in zip(samples, btc_jobs, strict=True):
         end = by_time[job["ref"]["data_range_end"]]
         window = window_of(btc[end - W + 1:end + 1])
         assert np.array_equal(s.x, build_input(window, job["ref"]["norm_params"]))
-        assert s.target == job_target(job)
+        closes = np.asarray(window.values)[:, 3]
         if job["trigger"] == "PIVOT":
-            assert s.target.candle is None and s.target.action_weight == job["pivot"]["level"]  # type: ignore[index]
+            pivot = job["pivot"]
+            assert isinstance(s.example, PivotExample) and pivot is not None
+            future = pivot["pivot_time"] > job["ref"]["data_range_end"]
+            expect = ("FUTURE_LOW" if pivot["kind"] == "LOW" else "FUTURE_HIGH") if future else "PAST"
+            assert labels.PIVOT_CLASSES[s.example.label] == expect
         else:
-            assert s.target.candle is not None and s.target.action_weight == 1.0
+            assert isinstance(s.example, CandleExample) and job["actual_candle"] is not None
+            # the one label rule: log move against 0.3 x the window's own volatility
+            move = np.log(job["actual_candle"]["close"] / closes[-1])
+            band = labels.HOLD_BAND * np.std(np.diff(np.log(closes)))
+            expect = "BUY" if move > band else "SELL" if move < -band else "HOLD"
+            assert labels.ACTIONS[s.example.action] == expect
+    mix = {labels.PIVOT_CLASSES[s.example.label] for s in samples if isinstance(s.example, PivotExample)}
+    assert "PAST" in mix and mix - {"PAST"}  # both negatives and future pivots occur in real data
 
 
 def bad(job: TrainingJob, path: Sequence[str], value: Any) -> TrainingJob:
@@ -68,7 +82,7 @@ def test_each_bad_job_is_rejected_with_its_reason(mem_store: MemStore, btc: Sequ
         (bad(bad(candle_job, ["ref", "data_range_start"], 10**12), ["ref", "data_range_end"], 10**12 + 60_000),
          "window_missing"),
         (bad(candle_job, ["ref", "norm_params"], other_params), "bad_norm_params"),
-        (bad(candle_job, ["ref", "norm_params", "scheme"], "zscore-v9"), "bad_norm_params"),
+        (bad(candle_job, ["ref", "norm_params", "scheme"], "zscore-v9"), "scheme_mismatch"),
         (bad(candle_job, ["model_key"], "ETHUSDT:1m"), "model_key_mismatch"),
         (bad(candle_job, ["actual_candle"], None), "missing_outcome"),
         (bad(bad(candle_job, ["actual_candle", "open_time"], t + 60_000), ["actual_candle", "close_time"],
@@ -80,7 +94,7 @@ def test_each_bad_job_is_rejected_with_its_reason(mem_store: MemStore, btc: Sequ
         (bad(candle_job, ["trigger"], "MOON"), "bad_trigger"),
     ]
     jobs = [candle_job] + [c for c, _ in cases]
-    samples, rejections, _ = prepare(pending(jobs), WindowFetcher(mem_store))
+    samples, rejections, _ = prepare(pending(jobs), WindowFetcher(mem_store), ADAPTER)
     assert [s.offset for s in samples] == [0]
     assert [(r.offset, r.reason) for r in rejections] == [(i + 1, reason) for i, (_, reason) in enumerate(cases)]
 
@@ -98,13 +112,13 @@ def test_steps_never_mix_models_and_keep_offset_order(mem_store: MemStore, btc: 
     eth_jobs = synth_jobs(eth_1h[:100], W, max_pivot_jobs=0)
     mixed = [j for pair in zip(btc_jobs, eth_jobs, strict=False) for j in pair]
     items = pending(mixed, partition=3, first_offset=100)
-    samples, rejections, _ = prepare(list(reversed(items)), WindowFetcher(mem_store))
+    samples, rejections, _ = prepare(list(reversed(items)), WindowFetcher(mem_store), ADAPTER)
     assert not rejections
     steps = training_batches(samples, 16)
     for step in steps:
         assert len({s.model_key for s in step}) == 1 and 1 <= len(step) <= 16
+        assert len({s.trigger for s in step}) == 1  # train_candle and train_pivot never share a step
         assert [s.offset for s in step] == sorted(s.offset for s in step)
     btc_offsets = [s.offset for step in steps for s in step if s.model_key == "BTCUSDT:1m"]
     assert btc_offsets == sorted(btc_offsets) and len(btc_offsets) == len(btc_jobs[:len(eth_jobs)])
-    x, targets = stack(steps[0])
-    assert x.shape == (len(steps[0]), W, 5) and x.dtype == np.float32 and len(targets) == len(steps[0])
+    assert all(s.x.shape == (W, 5) and s.x.dtype == np.float32 for s in steps[0])

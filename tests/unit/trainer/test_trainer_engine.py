@@ -7,6 +7,7 @@ lists every valid job exactly once, and the weights equal those of an uninterrup
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 import torch
 
+from reftrain.adapters import load_checkpoint
 from reftrain.errors import StoreError
 from reftrain.failpoint import FailpointHit
-from reftrain.model import init_model, load_checkpoint
+from reftrain.model import init_model
+from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle, ModelVersion, TrainingJob
 from services.trainer.batch import PendingJob
 from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
@@ -133,8 +136,13 @@ class Harness:
                 announced = {(m["version"], m["checkpoint_path"]) for m in self.published if m["model_key"] == key}
                 assert (entry.version, entry.checkpoint_path) in announced
                 assert len({v for v, _ in announced}) == len(announced), "one version, two checkpoints"
-                model, _, _ = load_checkpoint(Path(self.store.data_path) / entry.checkpoint_path)
-                out[key] = {"entry": entry, "state": model.state_dict()}
+                data = (Path(self.store.data_path) / entry.checkpoint_path).read_bytes()
+                assert entry.sha256 == hashlib.sha256(data).hexdigest()
+                assert {m.get("checkpoint_sha256") for m in self.published
+                        if (m["model_key"], m["version"]) == (key, entry.version)} == {entry.sha256}
+                adapter, _ = load_checkpoint(Path(self.store.data_path) / entry.checkpoint_path, TorchAdapter,
+                                             "cpu", expected_sha256=entry.sha256)
+                out[key] = {"entry": entry, "state": adapter.model.state_dict()}
         return out
 
 
