@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ops.fixtures.support import real_candles
 from reftrain import schemas, settings
 from reftrain.model import init_model, predict_batch
+from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle
 from reftrain.window import COLUMNS, Window
 from services.inference.models import ModelRegistry
@@ -72,9 +73,10 @@ def wire_sizes(record: str, values: list[dict[str, Any]]) -> tuple[list[int], st
 def bench_sizes() -> None:
     candles = real_candles(FILES[0], limit=WINDOW)
     window = to_window(candles)
-    params, x = model_input(window)
-    ((probs, head),) = predict_batch(init_model(0), x[None], "cpu")
-    ref = build_ref(window, params, probs, head, "BTCUSDT:1m", 0, 60_000, 1, int(time.time() * 1000))
+    adapter = TorchAdapter.create(0, "cpu")
+    params, x = model_input(window, adapter)
+    (prediction,) = adapter.predict(x[None], [params])
+    ref = build_ref(window, params, prediction, "BTCUSDT:1m", 0, 60_000, 1, int(time.time() * 1000))
     (ref_bytes,), how = wire_sizes("reftrain.InferenceRef", [dict(ref)])
     candle_sizes, _ = wire_sizes("reftrain.Candle", [dict(c) for c in candles])
     avro_window = sum(candle_sizes)
@@ -96,7 +98,8 @@ def _best(fn: Callable[[], Any], repeat: int = 5) -> float:
 def bench_predict(n: int = 128) -> None:
     candles = real_candles(FILES[0])
     full = to_window(candles)
-    xs = np.stack([model_input(full.tail(len(full) - i * 7).tail(WINDOW))[1] for i in range(n)])
+    adapter = TorchAdapter.create(0, "cpu")
+    xs = np.stack([model_input(full.tail(len(full) - i * 7).tail(WINDOW), adapter)[1] for i in range(n)])
     model = init_model(0)
     predict_batch(model, xs[:2], "cpu")  # warm-up
     batched = _best(lambda: predict_batch(model, xs, "cpu"))

@@ -131,6 +131,15 @@ def message_headers(msg: Message) -> list[tuple[str, bytes]]:
     return [(k, v or b"") for k, v in raw]
 
 
+def coordinates(msg: Message) -> tuple[int, int]:
+    """(partition, offset) of a consumed message: librdkafka's types allow None, which a consumed
+    message never has; a consumer event (error) must not get here."""
+    partition, offset = msg.partition(), msg.offset()
+    if partition is None or offset is None:
+        raise KafkaBoundaryError(f"consumed message without partition/offset: {msg.error()}")
+    return partition, offset
+
+
 def error_headers(msg: Message, error: Exception, service: str) -> list[tuple[str, bytes]]:
     reason = getattr(error, "reason", type(error).__name__)
     return [
@@ -472,8 +481,7 @@ class StreamApp:
         else:
             try:
                 value = self.serdes.for_topic(logical).decode(msg.value())
-                # A consumed message always has its partition and offset.
-                return Record(logical, key, value, msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1])
+                return Record(logical, key, value, *coordinates(msg), msg.timestamp()[1])
             except (DecodeError, InvalidRecordError) as exc:
                 error = exc
         if before_dead_letter is not None:

@@ -77,6 +77,7 @@ from reftrain.streams import (
     StreamApp,
     abort_transaction,
     commit_transaction,
+    coordinates,
     is_record,
 )
 from reftrain.topics import TopicSpec
@@ -195,7 +196,7 @@ class AlignedStreamApp(StreamApp):
         for msg in msgs:
             if not is_record(msg):
                 continue
-            part = self._parts.get(msg.partition() or 0)  # a consumed message always has its partition
+            part = self._parts.get(coordinates(msg)[0])
             if part is None:  # not (or no longer) ours: the owner re-reads it from the committed offset
                 continue
             logical = self.catalogue.logical_of(msg.topic() or "")
@@ -324,7 +325,7 @@ class AlignedStreamApp(StreamApp):
             part = self._parts.get(tp.partition)
             q = part.queues.get(self.catalogue.logical_of(tp.topic)) if part else None
             if q:
-                out.append(TopicPartition(tp.topic, tp.partition, q[0].msg.offset() or 0))
+                out.append(TopicPartition(tp.topic, tp.partition, coordinates(q[0].msg)[1]))
             elif tp.offset != OFFSET_INVALID:
                 out.append(tp)
         return out

@@ -20,19 +20,19 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
 from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError, StoreError
-from reftrain.records import ModelVersion
+from reftrain.records import ModelVersion, TrainingJob
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import RegistryUnavailableError
 from reftrain.service import restart_on
 from reftrain.settings import PlatformSettings, kafka_client_config
-from reftrain.streams import Serdes, consumer_config, dead_letter, producer_config
+from reftrain.streams import Serdes, consumer_config, coordinates, dead_letter, producer_config
 from reftrain.topics import MODEL_VERSIONS, TRAINING_JOBS, TopicCatalogue
 from services.trainer.batch import PendingJob
 from services.trainer.config import SERVICE, TrainerSettings, group_id
@@ -161,7 +161,7 @@ class TrainerLoop:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", extra={"error": str(err)})
                 continue
-            p, offset = msg.partition(), msg.offset()
+            p, offset = coordinates(msg)
             if not self.engine.accept(p, offset):
                 continue
             obs.MESSAGES_CONSUMED.labels(SERVICE, TRAINING_JOBS).inc()
@@ -170,17 +170,16 @@ class TrainerLoop:
             except (DecodeError, InvalidRecordError) as exc:
                 self._dead_letter(msg, exc)
                 continue
-            pending.append(PendingJob(p, offset, job))  # type: ignore[arg-type]
+            pending.append(PendingJob(p, offset, job))
             raw[(p, offset)] = msg
         for rejection in self.engine.process(pending):
             msg = raw[(rejection.partition, rejection.offset)]
             assert self._producer is not None
             dead_letter(self._producer, self.catalogue, SERVICE, msg, rejection.error)
 
-    def _decode(self, msg: Message) -> dict[str, Any]:
-        if msg.value() is None:
-            raise DecodeError("message without a value")
-        job = self.job_serde.decode(msg.value())
+    def _decode(self, msg: Message) -> TrainingJob:
+        """The job as the serde decoded it; its content is checked per job by services.trainer.batch."""
+        job = cast(TrainingJob, self.job_serde.decode(msg.value()))
         raw_key = msg.key()
         try:
             key = raw_key.decode("utf-8") if raw_key is not None else None
@@ -195,7 +194,7 @@ class TrainerLoop:
     def _dead_letter(self, msg: Message, exc: Exception) -> None:
         assert self._producer is not None
         dead_letter(self._producer, self.catalogue, SERVICE, msg, exc)
-        self.engine.reject(msg.partition(), msg.offset(), str(getattr(exc, "reason", type(exc).__name__)))
+        self.engine.reject(*coordinates(msg), str(getattr(exc, "reason", type(exc).__name__)))
 
     # -- checkpoint plumbing -------------------------------------------------------------------
     def _checkpoint(self, partition: int) -> None:
