@@ -392,6 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = (f"# Backtest: {result['adapter']}\n\nPairs (train:test): {', '.join(pairs)}; window {a.window}, "
           f"batch {a.batch}, block {a.block}, fee {a.fee_bp} bp/side; trained jobs {result['trained_jobs']}; "
           f"{result['seconds']} s.\n\n" + markdown_sections(result["summary"], "Walk-forward on the test files"))
+    from ops import plots  # matplotlib only when a report is written
+
+    drawn = plots.reliability(result["summary"]["overall"]["reliability"], out / "reliability.png",
+                              title=f"{result['adapter']}: reliability of confidence")
+    if drawn is not None:
+        md += f"\n![reliability of confidence]({drawn.name})\n"
     (out / "backtest.md").write_text(md)
     print(md)
     return 0

@@ -112,6 +112,29 @@ def accuracy_by_version(training: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def reliability(rel: dict[str, Any] | None, out: Path, title: str = "reliability of confidence") -> Path | None:
+    """Reliability diagram of ``ops.scoring.reliability``: accuracy against mean confidence per bin
+    (the diagonal is perfect calibration), bar width by bin count."""
+    rows = (rel or {}).get("table") or []
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    n_max = max(r["n"] for r in rows)
+    ax.plot([0, 1], [0, 1], color="#909090", linewidth=1.0, linestyle="--", label="perfectly calibrated")
+    ax.scatter([r["mean_confidence"] for r in rows], [r["accuracy"] for r in rows],
+               s=[20 + 200 * r["n"] / n_max for r in rows], color="#2050c0", label="bins (area ~ n)")
+    ax.plot([r["mean_confidence"] for r in rows], [r["accuracy"] for r in rows], color="#2050c0", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence of the bin")
+    ax.set_ylabel("accuracy of the bin")
+    ece = rel.get("ece") if rel else None
+    ax.set_title(f"{title}\nECE {ece:.3f}, n={rel.get('n') if rel else 0}" if ece is not None else title, fontsize=9)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, out)
+
+
 def _save(fig: Figure, out: Path) -> Path:
     """Lay out, write and close a figure (closed: a long report makes many)."""
     fig.tight_layout()

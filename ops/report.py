@@ -160,6 +160,9 @@ def build(inp: Inputs, *, title: str, meta: Mapping[str, Any], stages: Sequence[
             "price_pivots": plots.price_with_pivots(a, img / "price_pivots.png"),
             "loss": plots.loss_curve(sections["training"], img / "loss.png"),
             "accuracy": plots.accuracy_by_version(sections["training"], img / "accuracy.png"),
+            "reliability": plots.reliability(
+                ((sections["training"].get("accuracy") or {}).get("scores") or {}).get("all", {}).get("reliability"),
+                img / "reliability.png"),
         }
         report.plots = {k: (str(v.relative_to(out_dir)) if v else None) for k, v in made.items()}
     return report

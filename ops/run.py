@@ -54,6 +54,7 @@ from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals
 from ops.progress import Monitor, ProgressView
 from ops.stages import BY_NAME, REPO, STACK, STAGES, Stage
 from reftrain import settings as settings_mod
+from reftrain.adapters import ADAPTER_ENV, DEFAULT_ADAPTER
 from reftrain.redact import redact_value
 from reftrain.settings import PlatformSettings
 from reftrain.topics import TopicCatalogue
@@ -302,6 +303,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
                 + (f" (first {warmup} candles per series unpaced: no prediction before a full window)"
                    if len(replays) > 1 else ""),
                 "trainers": config.trainers if stages_run["trainer"] else 0,
+                "model adapter": service_extra.get(ADAPTER_ENV, DEFAULT_ADAPTER),
                 "topic prefix": platform.topic_prefix, "catalog": platform.store_catalog.split()[0],
                 "stack": "started by this run" if stack_started else "already running",
                 "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -598,6 +600,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     ap.add_argument("--run-id", help="name of the run (default run-<UTC time>-<random>)")
     ap.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                     help="extra service setting, e.g. TRAINER_BATCH=64 (repeatable)")
+    ap.add_argument("--adapter", metavar="MODULE:CLASS",
+                    help=f"the model of inference and trainer ({ADAPTER_ENV}; default {DEFAULT_ADAPTER}), e.g. "
+                         "reftrain.adapters.linear:LinearAdapter")
     ap.add_argument("--skip", nargs="*", default=[], choices=[s.name for s in STAGES], help="stages not to start")
     ap.add_argument("--require-all", action="store_true", help="fail if any of the five services is missing")
     ap.add_argument("--base-port", type=int, help="fixed HTTP ports from this one (default: free ports)")
@@ -611,7 +616,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     return RunConfig(files=tuple(a.files), candles=a.candles, warmup=a.warmup, trainers=a.trainers, speed=a.speed,
                      idle_s=a.idle,
                      timeout_s=a.timeout, out_root=a.out, run_id=a.run_id, keep_stack=a.keep_stack,
-                     cleanup=a.cleanup, env=dict(a.env), skip=tuple(a.skip),
+                     cleanup=a.cleanup, env={**dict(a.env), **({ADAPTER_ENV: a.adapter} if a.adapter else {})},
+                     skip=tuple(a.skip),
                      require=tuple(s.name for s in STAGES) if a.require_all else (), progress=not a.no_progress,
                      plots=not a.no_plots, base_port=a.base_port)
 
