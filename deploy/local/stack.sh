@@ -108,7 +108,7 @@ cmd_fetch() {
   if [ -f "$RUNTIME/apicurio/quarkus-run.jar" ] && [ -f "$RUNTIME/kafka-libs/.complete" ]; then return; fi
   log "fetching Apache Kafka and Apicurio Registry from Maven Central (once)"
   rm -rf "$RUNTIME"
-  mvn -q -B -f "$HERE/pom.xml" package >&2
+  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" package >&2
   touch "$RUNTIME/kafka-libs/.complete"
 }
 
