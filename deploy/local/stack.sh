@@ -11,6 +11,8 @@
 #   deploy/local/stack.sh reset    down, then delete all data
 #   deploy/local/stack.sh init     topics + BACKWARD_TRANSITIVE schemas (the compose init job)
 #   deploy/local/stack.sh sasl-up|sasl-down|sasl-env   a separate SASL_SSL/SCRAM broker (docs/security.md)
+#   deploy/local/stack.sh cluster-up|cluster-down|cluster-status|cluster-env   a separate 3-node KRaft
+#                                   cluster (RF 3, min.insync.replicas 2; docs/scaling.md)
 #   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
 #   deploy/local/stack.sh with CMD  run CMD against the stack: start it first if it is down (a failed
 #                                   start ends here, exit 3, with its one ERROR line), stop it after
@@ -249,9 +251,14 @@ stop_pid() {
   rm -f "$pidf"
 }
 
+# BROKERS=3 (or REFTRAIN_BROKERS=3) puts the 3-node cluster (cluster-up) in place of the single broker.
+use_cluster() { [ "${REFTRAIN_BROKERS:-${BROKERS:-1}}" -gt 1 ] 2>/dev/null; }
+
 export_env() {
+  local bootstrap="127.0.0.1:$KAFKA_PORT"
+  if use_cluster; then bootstrap="$(cluster_bootstrap)"; fi
   cat <<EOF
-export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+export KAFKA_BOOTSTRAP_SERVERS=$bootstrap
 export SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=postgres'
 export STORE_DATA_PATH=$STATE/lake
@@ -414,6 +421,152 @@ EOF
   ) || { tail -n 20 "$STATE/kafka-sasl/server.log" >&2 || true; exit 1; }
 }
 
+
+# --- 3-node KRaft cluster (optional, separate from the single broker) ---------------------------
+# `stack.sh cluster-up` starts N (REFTRAIN_BROKERS, default 3) combined broker+controller nodes on
+# loopback with an N-voter static controller quorum, replication factor 3 and min.insync.replicas 2
+# for internal topics and as the broker default. Own data ($STATE/cluster/node-<i>), pids and ports
+# (REFTRAIN_CLUSTER_PORT, default 19200+offset: brokers base..base+N-1, controllers base+10..), so
+# it can run next to `up`'s broker. `BROKERS=3 stack.sh up` runs the stack with this cluster in
+# place of the single broker (PostgreSQL and the registry as usual); `env` then prints all three.
+CLUSTER_N="${REFTRAIN_BROKERS:-${BROKERS:-3}}"
+[ "$CLUSTER_N" -ge 1 ] 2>/dev/null || CLUSTER_N=3
+CLUSTER_PORT="${REFTRAIN_CLUSTER_PORT:-$((19200 + OFFSET))}"
+
+cluster_bootstrap() {
+  local i out=""
+  for i in $(seq 1 "$CLUSTER_N"); do out="${out:+$out,}127.0.0.1:$((CLUSTER_PORT + i - 1))"; done
+  echo "$out"
+}
+
+cluster_voters() {
+  local i out=""
+  for i in $(seq 1 "$CLUSTER_N"); do out="${out:+$out,}$i@127.0.0.1:$((CLUSTER_PORT + 10 + i - 1))"; done
+  echo "$out"
+}
+
+cluster_node_up() {
+  local i="$1" cid="$2" dir="$STATE/cluster/node-$1" pidf="$STATE/cluster/node-$1.pid"
+  local port=$((CLUSTER_PORT + i - 1)) cport=$((CLUSTER_PORT + 10 + i - 1))
+  local rf=$(( CLUSTER_N >= 3 ? 3 : CLUSTER_N )) isr=$(( CLUSTER_N >= 3 ? 2 : 1 ))
+  pid_alive "$pidf" && return
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$(cluster_voters)
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+unclean.leader.election.enable=false
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=67108864
+EOF
+  cat >"$dir/log4j2.yaml" <<EOF
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: $dir/server.log
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+EOF
+  local cp="$RUNTIME/kafka-libs/*"
+  local java_opts=(-Xms128m -Xmx512m -XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true
+                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+      >"$dir/format.log" 2>&1 || die "KRaft format of node $i failed: $(tail -n 2 "$dir/format.log" | tr '\n' ' ')"
+  fi
+  check_port_free "kafka node $i" "$port"; check_port_free "kafka controller $i" "$cport"
+  log "starting Kafka node $i on 127.0.0.1:$port (controller :$cport)"
+  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$pidf"
+}
+
+cluster_up() {
+  mkdir -p "$STATE/cluster"
+  local cidf="$STATE/cluster/cluster.id"
+  [ -s "$cidf" ] || tr -d '-' </proc/sys/kernel/random/uuid | head -c 22 >"$cidf"
+  local i
+  for i in $(seq 1 "$CLUSTER_N"); do cluster_node_up "$i" "$(cat "$cidf")"; done
+}
+
+cluster_down() {
+  # All nodes at once: stopped one by one, the last node's controlled shutdown waits for a
+  # controller quorum that is already gone (30 s, then a kill).
+  local i pids=()
+  for i in $(seq 1 "$CLUSTER_N"); do
+    if pid_alive "$STATE/cluster/node-$i.pid"; then pids+=("$(cat "$STATE/cluster/node-$i.pid")"); fi
+  done
+  if [ "${#pids[@]}" -gt 0 ]; then
+    log "stopping kafka nodes (pids ${pids[*]})"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.5; done
+    for i in "${pids[@]}"; do
+      kill -0 "$i" 2>/dev/null && { log "kafka pid $i did not stop in 30 s; killing"; kill -KILL "$i" 2>/dev/null || true; }
+    done
+  fi
+  for i in $(seq 1 "$CLUSTER_N"); do rm -f "$STATE/cluster/node-$i.pid"; done
+}
+
+cluster_status() {
+  local i rc=0
+  for i in $(seq 1 "$CLUSTER_N"); do
+    if pid_alive "$STATE/cluster/node-$i.pid"; then
+      echo "kafka node $i: up 127.0.0.1:$((CLUSTER_PORT + i - 1)) (pid $(cat "$STATE/cluster/node-$i.pid"))"
+    else echo "kafka node $i: down"; rc=1; fi
+  done
+  return $rc
+}
+
+cluster_env() { echo "export KAFKA_BOOTSTRAP_SERVERS=$(cluster_bootstrap)"; }
+
+cluster_wait_ready() {  # every node registered and unfenced (metadata lists all N brokers)
+  [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
+  (eval "$(cluster_env)"; cd "$REPO" && "$PYTHON" - "${1:-120}" "$CLUSTER_N" <<'EOF'
+import sys, time
+from confluent_kafka.admin import AdminClient
+from reftrain import settings
+deadline, want = time.monotonic() + float(sys.argv[1]), int(sys.argv[2])
+admin = AdminClient({**settings.kafka_client_config(settings.platform()), "log_level": 0})
+seen = 0
+while True:
+    try:
+        seen = len(admin.list_topics(timeout=5).brokers)
+        if seen >= want:
+            sys.exit(0)
+    except Exception:  # not yet
+        pass
+    if time.monotonic() > deadline:
+        print(f"cluster not ready: {seen}/{want} brokers", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(1)
+EOF
+  ) || { tail -n 5 "$STATE"/cluster/node-*/server.log >&2 || true; exit 1; }
+}
+
 # --- cluster init (the compose/k8s init job, for this stack) -----------------------------------
 # Topics, BACKWARD_TRANSITIVE compatibility and the schemas of schemas/ for TOPIC_PREFIX (default
 # none), plus the DuckLake tables: services never register schemas themselves.
@@ -431,9 +584,10 @@ case "${1:-}" in
     cmd_fetch
     mkdir -p "$STATE/lake"
     pg_up
-    kafka_up
+    if use_cluster; then cluster_up; else kafka_up; fi
     registry_up
     wait_ready 180
+    if use_cluster; then cluster_wait_ready 120; fi
     # As the compose init job: topics, BACKWARD_TRANSITIVE subjects and schemas (services never
     # register schemas themselves). Idempotent.
     cmd_init >"$STATE/init.log" 2>&1 || { tail -n 5 "$STATE/init.log" >&2; die "cluster init failed (see $STATE/init.log)"; }
@@ -442,12 +596,14 @@ case "${1:-}" in
   down)
     stop_pid registry "$STATE/registry.pid"
     stop_pid kafka "$STATE/kafka.pid"
+    if use_cluster; then cluster_down; fi
     pg_down
     ;;
   status)
     rc=0
     pg_status || rc=1
-    if pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
+    if use_cluster; then cluster_status || rc=1
+    elif pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
     if pid_alive "$STATE/registry.pid"; then echo "registry: up http://127.0.0.1:$REGISTRY_PORT (pid $(cat "$STATE/registry.pid"))"; else echo "registry: down"; rc=1; fi
     exit $rc
     ;;
@@ -468,6 +624,10 @@ case "${1:-}" in
   sasl-up) cmd_fetch; mkdir -p "$STATE"; kafka_sasl_up; sasl_wait_ready 180; log "ready: $(sasl_env | tr '\n' ' ')" ;;
   sasl-down) stop_pid kafka-sasl "$STATE/kafka-sasl.pid" ;;
   sasl-env) sasl_env ;;
+  cluster-up) cmd_fetch; cluster_up; cluster_wait_ready 180; log "ready: $(cluster_env)" ;;
+  cluster-down) cluster_down ;;
+  cluster-status) cluster_status ;;
+  cluster-env) cluster_env ;;
   reset)
     "$0" down
     log "deleting $STATE and $PG_DATA"
