@@ -13,6 +13,8 @@
 #   deploy/local/stack.sh sasl-up|sasl-down|sasl-env   a separate SASL_SSL/SCRAM broker (docs/security.md)
 #   deploy/local/stack.sh cluster-up|cluster-down|cluster-status|cluster-env   a separate 3-node KRaft
 #                                   cluster (RF 3, min.insync.replicas 2; docs/scaling.md)
+#   deploy/local/stack.sh s3-up|s3-down|s3-env   S3Proxy: the lake on an S3 API (docs/scaling.md)
+#   BROKERS=3 / LAKE=s3 with up|down|status|env   the stack with those in place of broker / folder
 #   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
 #   deploy/local/stack.sh with CMD  run CMD against the stack: start it first if it is down (a failed
 #                                   start ends here, exit 3, with its one ERROR line), stop it after
@@ -263,6 +265,7 @@ export SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=postgres'
 export STORE_DATA_PATH=$STATE/lake
 EOF
+  if use_s3; then s3_env; fi
 }
 
 wait_ready() {
@@ -567,6 +570,73 @@ EOF
   ) || { tail -n 5 "$STATE"/cluster/node-*/server.log >&2 || true; exit 1; }
 }
 
+
+# --- S3 API for the lake (optional): S3Proxy on a local folder --------------------------------
+# `stack.sh s3-up` starts S3Proxy (org.gaul:s3proxy from Maven Central, Apache-2.0) with its
+# filesystem backend under $STATE/s3, SigV4 auth with a random secret kept in $STATE/s3-auth (mode
+# 600), a bucket `reftrain`; `s3-env` prints the STORE_S3_* variables and STORE_DATA_PATH=s3://...
+# `LAKE=s3 stack.sh up` starts it with the stack and `env` then points the lake at it.
+S3_PORT="${REFTRAIN_S3_PORT:-$((19300 + OFFSET))}"
+S3_BUCKET="${REFTRAIN_S3_BUCKET:-reftrain}"
+
+use_s3() { [ "${REFTRAIN_LAKE:-${LAKE:-}}" = s3 ]; }
+
+s3_fetch() {
+  [ -s "$RUNTIME/s3proxy/s3proxy.jar" ] && return
+  log "fetching S3Proxy from Maven Central (once)"
+  mvn -q -B -f "$HERE/pom.xml" dependency:copy@s3proxy >&2
+}
+
+s3_secret() {
+  local d="$STATE/s3-auth"
+  mkdir -p "$d"; chmod 700 "$d"
+  [ -s "$d/secret" ] || (umask 077; openssl rand -hex 20 >"$d/secret")
+  cat "$d/secret"
+}
+
+s3_up() {
+  local pidf="$STATE/s3proxy.pid" conf="$STATE/s3-auth/s3proxy.conf"
+  pid_alive "$pidf" && return
+  s3_fetch
+  mkdir -p "$STATE/s3/$S3_BUCKET"  # the filesystem backend: a bucket is a folder
+  local secret; secret="$(s3_secret)"
+  (umask 077; cat >"$conf" <<EOF
+s3proxy.endpoint=http://127.0.0.1:$S3_PORT
+s3proxy.authorization=aws-v2-or-v4
+s3proxy.identity=reftrain
+s3proxy.credential=$secret
+jclouds.provider=filesystem
+jclouds.filesystem.basedir=$STATE/s3
+EOF
+  )
+  check_port_free s3proxy "$S3_PORT"
+  log "starting S3Proxy on 127.0.0.1:$S3_PORT (bucket $S3_BUCKET, files in $STATE/s3)"
+  nohup java -Xms64m -Xmx384m -XX:TieredStopAtLevel=1 -jar "$RUNTIME/s3proxy/s3proxy.jar" \
+    --properties "$conf" >"$STATE/s3proxy.log" 2>&1 &
+  echo $! >"$pidf"
+  local _
+  for _ in $(seq 1 120); do
+    port_busy "$S3_PORT" && return
+    pid_alive "$pidf" || break
+    sleep 0.5
+  done
+  die "S3Proxy did not start: $(tail -n 3 "$STATE/s3proxy.log" 2>/dev/null | tr '\n' ' ')"
+}
+
+s3_down() { stop_pid s3proxy "$STATE/s3proxy.pid"; }
+
+s3_env() {  # the secret is printed on purpose: `env` output is what a client evals (never logged)
+  cat <<EOF
+export STORE_DATA_PATH=s3://$S3_BUCKET/lake
+export STORE_S3_ENDPOINT=127.0.0.1:$S3_PORT
+export STORE_S3_ACCESS_KEY_ID=reftrain
+export STORE_S3_SECRET_ACCESS_KEY=$(s3_secret)
+export STORE_S3_REGION=us-east-1
+export STORE_S3_URL_STYLE=path
+export STORE_S3_USE_SSL=false
+EOF
+}
+
 # --- cluster init (the compose/k8s init job, for this stack) -----------------------------------
 # Topics, BACKWARD_TRANSITIVE compatibility and the schemas of schemas/ for TOPIC_PREFIX (default
 # none), plus the DuckLake tables: services never register schemas themselves.
@@ -585,18 +655,20 @@ case "${1:-}" in
     mkdir -p "$STATE/lake"
     pg_up
     if use_cluster; then cluster_up; else kafka_up; fi
+    if use_s3; then s3_up; fi
     registry_up
     wait_ready 180
     if use_cluster; then cluster_wait_ready 120; fi
     # As the compose init job: topics, BACKWARD_TRANSITIVE subjects and schemas (services never
     # register schemas themselves). Idempotent.
     cmd_init >"$STATE/init.log" 2>&1 || { tail -n 5 "$STATE/init.log" >&2; die "cluster init failed (see $STATE/init.log)"; }
-    log "ready: $(export_env | tr '\n' ' ')"
+    log "ready: $(export_env | grep -v SECRET | tr '\n' ' ')"
     ;;
   down)
     stop_pid registry "$STATE/registry.pid"
     stop_pid kafka "$STATE/kafka.pid"
     if use_cluster; then cluster_down; fi
+    if use_s3; then s3_down; fi
     pg_down
     ;;
   status)
@@ -604,6 +676,9 @@ case "${1:-}" in
     pg_status || rc=1
     if use_cluster; then cluster_status || rc=1
     elif pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
+    if use_s3; then
+      if pid_alive "$STATE/s3proxy.pid"; then echo "s3proxy: up 127.0.0.1:$S3_PORT"; else echo "s3proxy: down"; rc=1; fi
+    fi
     if pid_alive "$STATE/registry.pid"; then echo "registry: up http://127.0.0.1:$REGISTRY_PORT (pid $(cat "$STATE/registry.pid"))"; else echo "registry: down"; rc=1; fi
     exit $rc
     ;;
@@ -628,6 +703,9 @@ case "${1:-}" in
   cluster-down) cluster_down ;;
   cluster-status) cluster_status ;;
   cluster-env) cluster_env ;;
+  s3-up) mkdir -p "$STATE"; s3_up; log "ready: S3Proxy on 127.0.0.1:$S3_PORT, bucket $S3_BUCKET" ;;
+  s3-down) s3_down ;;
+  s3-env) s3_env ;;
   reset)
     "$0" down
     log "deleting $STATE and $PG_DATA"

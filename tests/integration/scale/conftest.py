@@ -45,3 +45,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def cluster_platform(platform: PlatformSettings, cluster: Cluster) -> PlatformSettings:
     """The test's platform (random prefix, own catalog) on the 3-broker cluster."""
     return replace(platform, kafka_bootstrap_servers=cluster.bootstrap)
+
+
+S3_PORT = 41300
+
+
+@dataclass(frozen=True)
+class S3:
+    env: dict[str, str]  # the STORE_S3_* variables of `stack.sh s3-env`
+    backing: Path  # S3Proxy's filesystem backend: the bucket's objects as files
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """A private S3Proxy (deploy/local/stack.sh s3-up) on port 41300, stopped at the end."""
+    state = tmp_path_factory.mktemp("s3-stack")
+    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_S3_PORT=str(S3_PORT))
+    up = subprocess.run([str(STACK), "s3-up"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        out = subprocess.run([str(STACK), "s3-env"], env=env, capture_output=True, text=True, check=True).stdout
+        pairs = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines() if "=" in line)
+        yield S3({k: v for k, v in pairs.items() if k.startswith("STORE_S3_")}, state / "s3")
+    finally:
+        subprocess.run([str(STACK), "s3-down"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def s3_platform(platform: PlatformSettings, s3: S3) -> PlatformSettings:
+    """The test's platform (own catalog database) with its lake under its own prefix of the bucket."""
+    e = s3.env
+    return replace(platform, store_data_path=f"s3://reftrain/{platform.topic_prefix.rstrip('-')}",
+                   store_s3_endpoint=e["STORE_S3_ENDPOINT"], store_s3_access_key_id=e["STORE_S3_ACCESS_KEY_ID"],
+                   store_s3_secret_access_key=e["STORE_S3_SECRET_ACCESS_KEY"], store_s3_region=e["STORE_S3_REGION"],
+                   store_s3_url_style=e["STORE_S3_URL_STYLE"], store_s3_use_ssl=e["STORE_S3_USE_SSL"] == "true")
