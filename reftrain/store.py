@@ -81,10 +81,16 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, catalog: str, remote: bool 
         con.execute(f"LOAD '{_extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner')}'")
 
 
+#: httpfs errors of an object store that is unreachable or overloaded (not 403/404: those are
+#: configuration errors and fail at once).
+_OBJECT_STORE_TRANSIENT = ("could not connect to server", "(http 500", "(http 502", "(http 503", "(http 504",
+                           "slowdown", "timed out")
+
+
 def _is_retryable(exc: Exception) -> bool:
     text = str(exc).lower()
     return any(s in text for s in ("conflict", "could not serialize", "deadlock", "lock", "connection",
-                                   "timeout", "transaction", "server closed"))
+                                   "timeout", "transaction", "server closed", *_OBJECT_STORE_TRANSIENT))
 
 
 def conninfo_quote(value: str) -> str:

@@ -6,10 +6,12 @@ window over S3, and a wrong secret fails clearly without printing it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -18,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ops.stages import STACK
 from reftrain.errors import StoreError
 from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 from reftrain.window import window_checksum
 from services.trainer.windows import WindowRequest, verify_window
-from tests.integration.scale.conftest import S3
+from tests.integration.scale.conftest import S3, S3_PORT
 from tests.support import catalog_admin, real_candles
 
 pytestmark = pytest.mark.kafka  # the session stack's PostgreSQL catalog + a private S3Proxy
@@ -160,3 +163,33 @@ def test_window_read_latency_s3_vs_local(s3_platform: PlatformSettings, tmp_path
         store.close()
     print("window read ms p50/p99: " + ", ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in out.items()))
     assert all(v[0] > 0 for v in out.values())
+
+
+@pytest.mark.slow  # ~18 s: S3Proxy is stopped and started again
+def test_a_short_object_store_outage_is_retried_and_nothing_is_lost(s3_platform: PlatformSettings, s3: S3) -> None:
+    """S3Proxy stopped, then started again ~4 s later, while a batch is being written: the store's
+    retry (connection errors of httpfs are transient) finishes the write once, with every row.
+    Longer outages surface as StoreError, which the services ride out as a catalog outage."""
+    candles = real_candles(BTC, limit=3000)
+    store = Store.from_settings(s3_platform)
+    store.append_candles(candles[:1500])
+    env = dict(os.environ, REFTRAIN_STACK_DIR=str(s3.backing.parent), REFTRAIN_S3_PORT=str(S3_PORT))
+    subprocess.run([str(STACK), "s3-down"], env=env, check=True, capture_output=True, timeout=60)
+
+    def back() -> None:
+        time.sleep(4)
+        subprocess.run([str(STACK), "s3-up"], env=env, check=True, capture_output=True, timeout=120)
+
+    t = threading.Thread(target=back)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        res = store.append_candles(candles[1500:])
+    finally:
+        t.join()
+    assert time.monotonic() - t0 > 3, "the write did not meet the outage"
+    assert (res.inserted, res.skipped_duplicates) == (1500, 0)
+    assert store.count_candles("BTCUSDT", "1m") == 3000
+    req = _request(candles, 0, 3000)
+    verify_window(store.read_range(req.symbol, req.timeframe, req.start, req.end), req)
+    store.close()
