@@ -548,14 +548,23 @@ cluster_env() { echo "export KAFKA_BOOTSTRAP_SERVERS=$(cluster_bootstrap)"; }
 
 cluster_wait_ready() {  # every node registered and unfenced (metadata lists all N brokers)
   [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
-  (eval "$(cluster_env)"; cd "$REPO" && "$PYTHON" - "${1:-120}" "$CLUSTER_N" <<'EOF'
-import sys, time
+  (eval "$(cluster_env)"; cd "$REPO" && "$PYTHON" - "${1:-120}" "$CLUSTER_N" "$STATE/cluster" <<'EOF'
+import os, sys, time
+from pathlib import Path
 from confluent_kafka.admin import AdminClient
 from reftrain import settings
-deadline, want = time.monotonic() + float(sys.argv[1]), int(sys.argv[2])
+deadline, want, state = time.monotonic() + float(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 admin = AdminClient({**settings.kafka_client_config(settings.platform()), "log_level": 0})
 seen = 0
 while True:
+    for i in range(1, want + 1):  # a node that exited (a port taken meanwhile, say) ends the wait at once
+        try:
+            os.kill(int((state / f"node-{i}.pid").read_text()), 0)
+        except (OSError, ValueError):
+            log = state / f"node-{i}" / "server.log"
+            errors = [ln for ln in log.read_text(errors="replace").splitlines() if " ERROR " in ln] if log.exists() else []
+            print(f"kafka node {i} exited: {errors[-1] if errors else 'see ' + str(log)}", file=sys.stderr)
+            sys.exit(1)
     try:
         seen = len(admin.list_topics(timeout=5).brokers)
         if seen >= want:
@@ -660,8 +669,8 @@ case "${1:-}" in
       log "LAKE=s3: trainer checkpoints are still local files; do not run the trainer/inference on it (docs/scaling.md)"
     fi
     registry_up
+    if use_cluster; then cluster_wait_ready 180; fi
     wait_ready 180
-    if use_cluster; then cluster_wait_ready 120; fi
     # As the compose init job: topics, BACKWARD_TRANSITIVE subjects and schemas (services never
     # register schemas themselves). Idempotent.
     cmd_init >"$STATE/init.log" 2>&1 || { tail -n 5 "$STATE/init.log" >&2; die "cluster init failed (see $STATE/init.log)"; }
