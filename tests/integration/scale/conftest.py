@@ -4,6 +4,8 @@ own state folder, stopped at the end; the registry and catalog are the session's
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,19 +28,41 @@ class Cluster:
         return int((self.state / "cluster" / f"node-{node_id}.pid").read_text())
 
 
+def _ports_free(base: int) -> bool:
+    for port in [base + i for i in range(3)] + [base + 10 + i for i in range(3)]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """41xxx lies in the kernel's ephemeral range: any client's outgoing connection can hold one
+    of the ports, so the base is the first of a few whose six ports are free, and a start that
+    lost a port anyway (a node exits at once, 'Address already in use') is tried once more."""
     state = tmp_path_factory.mktemp("cluster-stack")
-    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_CLUSTER_PORT=str(CLUSTER_PORT),
-               REFTRAIN_BROKERS="3")
-    up = subprocess.run([str(STACK), "cluster-up"], env=env, capture_output=True, text=True, timeout=300)
+    bases = [b for b in range(CLUSTER_PORT, CLUSTER_PORT + 1000, 100) if _ports_free(b)][:2]
+    assert bases, "no free port block in 41000-41999"
+    env: dict[str, str] = {}
     try:
+        for attempt, base in enumerate(bases):
+            env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_CLUSTER_PORT=str(base),
+                       REFTRAIN_BROKERS="3")
+            up = subprocess.run([str(STACK), "cluster-up"], env=env, capture_output=True, text=True, timeout=300)
+            if up.returncode == 0 or "Address already in use" not in up.stderr or attempt == len(bases) - 1:
+                break
+            subprocess.run([str(STACK), "cluster-down"], env=env, capture_output=True, timeout=120)
+            shutil.rmtree(state / "cluster", ignore_errors=True)
         assert up.returncode == 0, up.stderr[-2000:]
         out = subprocess.run([str(STACK), "cluster-env"], env=env, capture_output=True, text=True, check=True)
         bootstrap = out.stdout.strip().split("=", 1)[1]
         yield Cluster(bootstrap, state)
     finally:
-        subprocess.run([str(STACK), "cluster-down"], env=env, capture_output=True, timeout=120)
+        if env:
+            subprocess.run([str(STACK), "cluster-down"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from reftrain.observability import Health
+from reftrain.records import Candle
 from reftrain.settings import PlatformSettings, kafka_client_config
 from reftrain.streams import Context, Record, Serdes, StreamApp, producer_config
 from reftrain.topics import CANDLES, PIVOTS, TopicCatalogue
@@ -93,9 +94,9 @@ def test_kill_9_of_the_partition_leader_loses_and_duplicates_nothing(
         else:
             partitions.add(msg.partition())
 
-    def produce(batch: list[dict[str, Any]]) -> None:
+    def produce(batch: list[Candle]) -> None:
         for c in batch:
-            producer.produce(serde.topic, key=KEY.encode(), value=serde.encode(c),
+            producer.produce(serde.topic, key=KEY.encode(), value=serde.encode(dict(c)),
                              headers=[("content-type", serde.content_type.encode())], on_delivery=delivered)
             producer.poll(0)
 

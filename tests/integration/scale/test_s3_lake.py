@@ -22,6 +22,7 @@ import pytest
 
 from ops.stages import STACK
 from reftrain.errors import StoreError
+from reftrain.records import Candle
 from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 from reftrain.window import window_checksum
@@ -35,7 +36,7 @@ BTC = "BTCUSDT-1m-2025-09-22_2025-09-25.csv"
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _request(candles: list[dict[str, float]], lo: int, hi: int) -> WindowRequest:
+def _request(candles: list[Candle], lo: int, hi: int) -> WindowRequest:
     """The ref a pivot would carry for candles[lo:hi], checksum computed from the source rows."""
     part = candles[lo:hi]
     t = np.array([c["open_time"] for c in part], dtype=np.int64)
