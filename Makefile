@@ -39,17 +39,22 @@ lock: venv ## re-resolve requirements.lock (from pyproject.toml's pins) and uv.l
 	cd $(ROOT) && $(UV) pip compile deploy/local/uv.in --generate-hashes --python-version 3.11 \
 	  -o deploy/local/uv.lock.txt -q
 
-up: venv ## start the local stack (Kafka, Apicurio Registry, PostgreSQL); data kept in .local/
-	PYTHON=$(PY) $(STACK) up
+# BROKERS=3: a 3-node KRaft cluster (RF 3, min.insync.replicas 2) in place of the single broker;
+# LAKE=s3: the lake on a local S3 API (S3Proxy) instead of a folder (docs/scaling.md).
+BROKERS ?=
+LAKE ?=
+STACK_OPTS = $(if $(BROKERS),BROKERS=$(BROKERS)) $(if $(LAKE),LAKE=$(LAKE))
+up: venv ## start the local stack (Kafka, Apicurio Registry, PostgreSQL); data kept in .local/ (BROKERS=3, LAKE=s3)
+	PYTHON=$(PY) $(STACK_OPTS) $(STACK) up
 
 down: ## stop the local stack (data kept)
-	$(STACK) down
+	$(STACK_OPTS) $(STACK) down
 
 status: ## is the local stack up?
-	$(STACK) status
+	$(STACK_OPTS) $(STACK) status
 
 env: ## print the variables that point at the local stack
-	@$(STACK) env
+	@$(STACK_OPTS) $(STACK) env
 
 # Two pytest workers (xdist, one test file per worker): most tests wait on a broker or a service
 # process, so two workers on two cores nearly halve the wall time. The stack is started once, here,

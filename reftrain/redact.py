@@ -21,7 +21,7 @@ _URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@'\"]*):([^@\s/'\"]+)@")
 _PROPS = re.compile(
     r"""(?i)(["']?\b(?:sasl\.password|ssl\.key\.password|ssl\.keystore\.password|ssl\.key\.pem|"""
     r"""sasl\.oauthbearer\.client\.secret|basic\.auth\.user\.info|bearer\.auth\.token|"""
-    r"""schema_registry_basic_auth|schema_registry_token|pgpassword)["']?\s*[=:]\s*)("[^"]+"|'[^']+'|[^\s,;}'"]+)""")
+    r"""schema_registry_basic_auth|schema_registry_token|pgpassword|(?:store_s3_|aws_)?secret_access_key)["']?\s*[=:]\s*)("[^"]+"|'[^']+'|[^\s,;}'"]+)""")
 
 
 def redact_text(text: str) -> str:

@@ -73,6 +73,17 @@ class PlatformSettings:
     #: STORE_CATALOG conninfo, so the password never has to sit in an environment variable.
     #: libpq's own PGPASSFILE works as well (the catalog connection is libpq's).
     store_catalog_password_file: str = ""
+    #: The lake on an S3 API (STORE_DATA_PATH=s3://bucket/prefix): host[:port] of a non-AWS
+    #: endpoint (S3Proxy, MinIO, GCS interop; empty = AWS), credentials (or
+    #: STORE_S3_SECRET_ACCESS_KEY_FILE), region, 'path' or 'vhost' URL style, TLS. Applied as a
+    #: DuckDB SECRET by reftrain.store; the secret key is never printed (see public()).
+    store_s3_endpoint: str = ""
+    store_s3_access_key_id: str = ""
+    store_s3_secret_access_key: str = ""
+    store_s3_secret_access_key_file: str = ""
+    store_s3_region: str = "us-east-1"
+    store_s3_url_style: str = "vhost"
+    store_s3_use_ssl: bool = True
 
     def __repr__(self) -> str:
         """Settings end up in logs and tracebacks: show them with every secret redacted."""
@@ -90,7 +101,8 @@ class PlatformSettings:
             value = getattr(self, f.name)
             if f.name == "kafka_client":
                 value = redact_config(dict(value))
-            elif f.name in ("schema_registry_basic_auth", "schema_registry_token") and value:
+            elif f.name in ("schema_registry_basic_auth", "schema_registry_token", "store_s3_secret_access_key") \
+                    and value:
                 value = REDACTED
             elif isinstance(value, str):
                 value = redact_text(value)
@@ -281,6 +293,15 @@ def catalog_password(settings: PlatformSettings) -> str | None:
     return _secret_file(settings.store_catalog_password_file, "STORE_CATALOG_PASSWORD_FILE")
 
 
+def s3_secret_access_key(settings: PlatformSettings) -> str:
+    """STORE_S3_SECRET_ACCESS_KEY, or the content of STORE_S3_SECRET_ACCESS_KEY_FILE (a mounted secret)."""
+    if settings.store_s3_secret_access_key:
+        return settings.store_s3_secret_access_key
+    if settings.store_s3_secret_access_key_file:
+        return _secret_file(settings.store_s3_secret_access_key_file, "STORE_S3_SECRET_ACCESS_KEY_FILE")
+    return ""
+
+
 def _conninfo_password(catalog: str) -> str | None:
     import re
 
@@ -296,7 +317,7 @@ def from_public(public: Mapping[str, Any], environ: Mapping[str, str] | None = N
     now = platform(environ)
     values = {f.name: public[f.name] for f in dataclasses.fields(PlatformSettings) if f.name in public}
     values["kafka_client"] = now.kafka_client
-    for name in ("schema_registry_basic_auth", "schema_registry_token"):
+    for name in ("schema_registry_basic_auth", "schema_registry_token", "store_s3_secret_access_key"):
         if values.get(name) == REDACTED:
             values[name] = getattr(now, name)
     if REDACTED in str(values.get("schema_registry_url", "")):

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +25,8 @@ import numpy as np
 
 from reftrain.errors import StoreError
 from reftrain.records import Candle, Pivot
-from reftrain.redact import redact_text
-from reftrain.settings import PlatformSettings, catalog_password
+from reftrain.redact import REDACTED, redact_text
+from reftrain.settings import PlatformSettings, catalog_password, s3_secret_access_key
 from reftrain.window import COLUMNS, Window
 
 log = logging.getLogger(__name__)
@@ -67,20 +67,30 @@ def _extension_path(module: Any, name: str) -> str:
     return str(versions[-1] / f"{name}.duckdb_extension")
 
 
-def _load_extensions(con: duckdb.DuckDBPyConnection, catalog: str) -> None:
+def _load_extensions(con: duckdb.DuckDBPyConnection, catalog: str, remote: bool = False) -> None:
     import duckdb_extension_ducklake
 
     con.execute(f"LOAD '{_extension_path(duckdb_extension_ducklake, 'ducklake')}'")
+    if remote:  # s3:// data path: httpfs from its wheel, never downloaded at run time
+        import duckdb_extension_httpfs
+
+        con.execute(f"LOAD '{_extension_path(duckdb_extension_httpfs, 'httpfs')}'")
     if catalog.startswith("postgres:"):
         import duckdb_extension_postgres_scanner
 
         con.execute(f"LOAD '{_extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner')}'")
 
 
+#: httpfs errors of an object store that is unreachable or overloaded (not 403/404: those are
+#: configuration errors and fail at once).
+_OBJECT_STORE_TRANSIENT = ("could not connect to server", "(http 500", "(http 502", "(http 503", "(http 504",
+                           "slowdown", "timed out")
+
+
 def _is_retryable(exc: Exception) -> bool:
     text = str(exc).lower()
     return any(s in text for s in ("conflict", "could not serialize", "deadlock", "lock", "connection",
-                                   "timeout", "transaction", "server closed"))
+                                   "timeout", "transaction", "server closed", *_OBJECT_STORE_TRANSIENT))
 
 
 def conninfo_quote(value: str) -> str:
@@ -106,6 +116,45 @@ def attach_statement(catalog: str, data_path: str) -> str:
             f"(DATA_PATH {sql_literal(data_path + '/')}, DATA_INLINING_ROW_LIMIT {INLINING_ROW_LIMIT})")
 
 
+REMOTE_SCHEMES = ("s3://",)
+
+
+def is_remote(data_path: str) -> bool:
+    """An object-store data path (the lake on S3) rather than a local folder."""
+    return data_path.startswith(REMOTE_SCHEMES)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where and how DuckDB's httpfs reaches the bucket of an s3:// data path. ``endpoint`` is
+    host[:port] of a non-AWS S3 API (empty = AWS). The secret never appears in repr()."""
+
+    endpoint: str = ""
+    key_id: str = ""
+    secret: str = field(default="", repr=False)
+    region: str = "us-east-1"
+    url_style: str = "vhost"
+    use_ssl: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> S3Config:
+        return cls(settings.store_s3_endpoint, settings.store_s3_access_key_id, s3_secret_access_key(settings),
+                   settings.store_s3_region, settings.store_s3_url_style, settings.store_s3_use_ssl)
+
+
+def s3_secret_statement(cfg: S3Config) -> str:
+    """The DuckDB SECRET for the lake's bucket, every value an escaped literal."""
+    if cfg.url_style not in ("path", "vhost"):
+        raise StoreError(f"STORE_S3_URL_STYLE must be 'path' or 'vhost', not {cfg.url_style!r}")
+    parts = ["TYPE s3", f"REGION {sql_literal(cfg.region)}", f"URL_STYLE {sql_literal(cfg.url_style)}",
+             f"USE_SSL {'true' if cfg.use_ssl else 'false'}"]
+    if cfg.key_id:
+        parts += [f"KEY_ID {sql_literal(cfg.key_id)}", f"SECRET {sql_literal(cfg.secret)}"]
+    if cfg.endpoint:
+        parts.append(f"ENDPOINT {sql_literal(cfg.endpoint)}")
+    return f"CREATE OR REPLACE SECRET reftrain_lake_s3 ({', '.join(parts)})"
+
+
 @dataclass(frozen=True)
 class CandleBatchResult:
     inserted: int
@@ -116,19 +165,24 @@ class Store:
     """A DuckLake store. Thread-safe through one lock (DuckDB connections are not shared-safe)."""
 
     def __init__(self, catalog: str, data_path: str, *, create: bool = True, retries: int = 8,
-                 password: str | None = None) -> None:
+                 password: str | None = None, s3: S3Config | None = None) -> None:
         if not (catalog.startswith("postgres:") or catalog.startswith("sqlite:") or catalog.endswith(".ducklake")):
             raise StoreError(f"unsupported catalog {redact_text(catalog)!r}: use 'postgres:<conninfo>' or "
                              f"'sqlite:<file>'")
         self.catalog = catalog
         self._attach_catalog = with_password(catalog, password)
-        self.data_path = os.path.abspath(data_path)
+        #: True when the Parquet files live on an object store (s3://): no local folder is made.
+        self.remote = is_remote(data_path)
+        self.data_path = data_path.rstrip("/") if self.remote else os.path.abspath(data_path)
         self.retries = retries
         self._lock = threading.RLock()
-        os.makedirs(self.data_path, exist_ok=True)
+        if not self.remote:
+            os.makedirs(self.data_path, exist_ok=True)
         self.con = duckdb.connect()
         self.con.execute("SET threads TO 2")
-        _load_extensions(self.con, catalog)
+        _load_extensions(self.con, catalog, self.remote)
+        if self.remote:
+            self._apply_s3(s3 or S3Config())
         self._with_retry(lambda: self.con.execute(attach_statement(self._attach_catalog, self.data_path)))
         if create:
             for stmt in DDL:
@@ -137,7 +191,20 @@ class Store:
     @classmethod
     def from_settings(cls, settings: PlatformSettings, **kw: Any) -> Store:
         kw.setdefault("password", catalog_password(settings))
+        if is_remote(settings.store_data_path):
+            kw.setdefault("s3", S3Config.from_settings(settings))
         return cls(settings.store_catalog, settings.store_data_path, **kw)
+
+    def _apply_s3(self, cfg: S3Config) -> None:
+        """The bucket's credentials as a DuckDB SECRET (session-only, never persisted). An error is
+        raised without the statement and with the secret scrubbed from DuckDB's message."""
+        try:
+            self.con.execute(s3_secret_statement(cfg))
+        except duckdb.Error as exc:
+            text = redact_text(str(exc))
+            if cfg.secret:
+                text = text.replace(cfg.secret, REDACTED)
+            raise StoreError(f"cannot configure the S3 lake credentials: {text}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -296,6 +363,8 @@ class Store:
             [source, reason, detail, payload, int(time.time() * 1000)]))
 
     def checkpoint_dir(self) -> Path:
+        if self.remote:  # checkpoints are local files (docs/scaling.md: not on S3 yet)
+            raise StoreError("model checkpoints need a local data path; the lake is on an object store")
         path = Path(self.data_path) / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
         return path

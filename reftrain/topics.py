@@ -52,6 +52,23 @@ class TopicSpec:
                         config=dict(self.config))
 
 
+#: With at least this many brokers, topics get replication factor 3 and min.insync.replicas 2: a
+#: broker can die (or restart) without losing an acknowledged record (acks=all) or stopping writes.
+REPLICATED_BROKERS = 3
+
+
+def replication_for(brokers: int, configured: int) -> tuple[int, int | None]:
+    """(replication factor, min.insync.replicas or None) for a cluster of ``brokers``.
+
+    TOPIC_REPLICATION wins when set above 1; the default (1) is raised to 3 (min ISR 2) on a cluster
+    of >= 3 brokers, so the same settings work on the single-broker stack and on a cluster."""
+    if configured > 1:
+        return configured, min(2, configured - 1) if configured >= 3 else None
+    if brokers >= REPLICATED_BROKERS:
+        return 3, 2
+    return configured, None
+
+
 class TopicCatalogue:
     """Physical names and specs of every topic, derived from the platform settings."""
 
@@ -97,8 +114,10 @@ class TopicCatalogue:
     def ensure(self, admin: AdminClient, extra: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
         """Create missing topics (idempotent) and check partition counts and co-partitioning."""
         wanted = self.specs() + list(extra or [])
-        existing = self._list_topics(admin, timeout)
-        missing = [s.new_topic() for s in wanted if s.name not in existing]
+        metadata = self._metadata(admin, timeout)
+        existing = dict(metadata.topics)
+        rf, min_isr = replication_for(len(metadata.brokers), self.replication)
+        missing = [self._replicated(s, rf, min_isr).new_topic() for s in wanted if s.name not in existing]
         if missing:
             for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
                 try:
@@ -111,13 +130,23 @@ class TopicCatalogue:
         self.check_partitions(admin, timeout)
 
     @staticmethod
-    def _list_topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
+    def _replicated(spec: TopicSpec, rf: int, min_isr: int | None) -> TopicSpec:
+        """``spec`` with the cluster's replication (specs() carry the configured factor)."""
+        if rf == spec.replication and min_isr is None:
+            return spec
+        config = dict(spec.config)
+        if min_isr is not None:
+            config.setdefault("min.insync.replicas", str(min_isr))
+        return TopicSpec(spec.name, spec.partitions, rf, config)
+
+    @staticmethod
+    def _metadata(admin: AdminClient, timeout: float) -> Any:
         """Metadata in short tries: an AdminClient is never polled, so its 'credentials refused'
         callbacks are delivered here (kafka_errors logs them) and a refusal ends the wait early."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return dict(admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).topics)
+                return admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
             except Exception as exc:
                 kafka_errors.serve(admin)
                 if kafka_errors.auth_failed_recently(30.0):

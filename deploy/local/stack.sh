@@ -11,6 +11,10 @@
 #   deploy/local/stack.sh reset    down, then delete all data
 #   deploy/local/stack.sh init     topics + BACKWARD_TRANSITIVE schemas (the compose init job)
 #   deploy/local/stack.sh sasl-up|sasl-down|sasl-env   a separate SASL_SSL/SCRAM broker (docs/security.md)
+#   deploy/local/stack.sh cluster-up|cluster-down|cluster-status|cluster-env   a separate 3-node KRaft
+#                                   cluster (RF 3, min.insync.replicas 2; docs/scaling.md)
+#   deploy/local/stack.sh s3-up|s3-down|s3-env   S3Proxy: the lake on an S3 API (docs/scaling.md)
+#   BROKERS=3 / LAKE=s3 with up|down|status|env   the stack with those in place of broker / folder
 #   deploy/local/stack.sh deps     install the Debian packages the stack needs (says which first)
 #   deploy/local/stack.sh with CMD  run CMD against the stack: start it first if it is down (a failed
 #                                   start ends here, exit 3, with its one ERROR line), stop it after
@@ -249,13 +253,19 @@ stop_pid() {
   rm -f "$pidf"
 }
 
+# BROKERS=3 (or REFTRAIN_BROKERS=3) puts the 3-node cluster (cluster-up) in place of the single broker.
+use_cluster() { [ "${REFTRAIN_BROKERS:-${BROKERS:-1}}" -gt 1 ] 2>/dev/null; }
+
 export_env() {
+  local bootstrap="127.0.0.1:$KAFKA_PORT"
+  if use_cluster; then bootstrap="$(cluster_bootstrap)"; fi
   cat <<EOF
-export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+export KAFKA_BOOTSTRAP_SERVERS=$bootstrap
 export SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=postgres'
 export STORE_DATA_PATH=$STATE/lake
 EOF
+  if use_s3; then s3_env; fi
 }
 
 wait_ready() {
@@ -414,6 +424,228 @@ EOF
   ) || { tail -n 20 "$STATE/kafka-sasl/server.log" >&2 || true; exit 1; }
 }
 
+
+# --- 3-node KRaft cluster (optional, separate from the single broker) ---------------------------
+# `stack.sh cluster-up` starts N (REFTRAIN_BROKERS, default 3) combined broker+controller nodes on
+# loopback with an N-voter static controller quorum, replication factor 3 and min.insync.replicas 2
+# for internal topics and as the broker default. Own data ($STATE/cluster/node-<i>), pids and ports
+# (REFTRAIN_CLUSTER_PORT, default 19200+offset: brokers base..base+N-1, controllers base+10..), so
+# it can run next to `up`'s broker. `BROKERS=3 stack.sh up` runs the stack with this cluster in
+# place of the single broker (PostgreSQL and the registry as usual); `env` then prints all three.
+CLUSTER_N="${REFTRAIN_BROKERS:-${BROKERS:-3}}"
+[ "$CLUSTER_N" -ge 1 ] 2>/dev/null || CLUSTER_N=3
+CLUSTER_PORT="${REFTRAIN_CLUSTER_PORT:-$((19200 + OFFSET))}"
+
+cluster_bootstrap() {
+  local i out=""
+  for i in $(seq 1 "$CLUSTER_N"); do out="${out:+$out,}127.0.0.1:$((CLUSTER_PORT + i - 1))"; done
+  echo "$out"
+}
+
+cluster_voters() {
+  local i out=""
+  for i in $(seq 1 "$CLUSTER_N"); do out="${out:+$out,}$i@127.0.0.1:$((CLUSTER_PORT + 10 + i - 1))"; done
+  echo "$out"
+}
+
+cluster_node_up() {
+  local i="$1" cid="$2" dir="$STATE/cluster/node-$1" pidf="$STATE/cluster/node-$1.pid"
+  local port=$((CLUSTER_PORT + i - 1)) cport=$((CLUSTER_PORT + 10 + i - 1))
+  local rf=$(( CLUSTER_N >= 3 ? 3 : CLUSTER_N )) isr=$(( CLUSTER_N >= 3 ? 2 : 1 ))
+  pid_alive "$pidf" && return
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$(cluster_voters)
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+unclean.leader.election.enable=false
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=67108864
+EOF
+  cat >"$dir/log4j2.yaml" <<EOF
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: $dir/server.log
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+EOF
+  local cp="$RUNTIME/kafka-libs/*"
+  local java_opts=(-Xms128m -Xmx512m -XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true
+                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+      >"$dir/format.log" 2>&1 || die "KRaft format of node $i failed: $(tail -n 2 "$dir/format.log" | tr '\n' ' ')"
+  fi
+  check_port_free "kafka node $i" "$port"; check_port_free "kafka controller $i" "$cport"
+  log "starting Kafka node $i on 127.0.0.1:$port (controller :$cport)"
+  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$pidf"
+}
+
+cluster_up() {
+  mkdir -p "$STATE/cluster"
+  local cidf="$STATE/cluster/cluster.id"
+  [ -s "$cidf" ] || tr -d '-' </proc/sys/kernel/random/uuid | head -c 22 >"$cidf"
+  local i
+  for i in $(seq 1 "$CLUSTER_N"); do cluster_node_up "$i" "$(cat "$cidf")"; done
+}
+
+cluster_down() {
+  # All nodes at once: stopped one by one, the last node's controlled shutdown waits for a
+  # controller quorum that is already gone (30 s, then a kill).
+  local i pids=()
+  for i in $(seq 1 "$CLUSTER_N"); do
+    if pid_alive "$STATE/cluster/node-$i.pid"; then pids+=("$(cat "$STATE/cluster/node-$i.pid")"); fi
+  done
+  if [ "${#pids[@]}" -gt 0 ]; then
+    log "stopping kafka nodes (pids ${pids[*]})"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.5; done
+    for i in "${pids[@]}"; do
+      kill -0 "$i" 2>/dev/null && { log "kafka pid $i did not stop in 30 s; killing"; kill -KILL "$i" 2>/dev/null || true; }
+    done
+  fi
+  for i in $(seq 1 "$CLUSTER_N"); do rm -f "$STATE/cluster/node-$i.pid"; done
+}
+
+cluster_status() {
+  local i rc=0
+  for i in $(seq 1 "$CLUSTER_N"); do
+    if pid_alive "$STATE/cluster/node-$i.pid"; then
+      echo "kafka node $i: up 127.0.0.1:$((CLUSTER_PORT + i - 1)) (pid $(cat "$STATE/cluster/node-$i.pid"))"
+    else echo "kafka node $i: down"; rc=1; fi
+  done
+  return $rc
+}
+
+cluster_env() { echo "export KAFKA_BOOTSTRAP_SERVERS=$(cluster_bootstrap)"; }
+
+cluster_wait_ready() {  # every node registered and unfenced (metadata lists all N brokers)
+  [ -x "$PYTHON" ] || die "no virtualenv at $PYTHON (run 'make venv' first)"
+  (eval "$(cluster_env)"; cd "$REPO" && "$PYTHON" - "${1:-120}" "$CLUSTER_N" "$STATE/cluster" <<'EOF'
+import os, sys, time
+from pathlib import Path
+from confluent_kafka.admin import AdminClient
+from reftrain import settings
+deadline, want, state = time.monotonic() + float(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+admin = AdminClient({**settings.kafka_client_config(settings.platform()), "log_level": 0})
+seen = 0
+while True:
+    for i in range(1, want + 1):  # a node that exited (a port taken meanwhile, say) ends the wait at once
+        try:
+            os.kill(int((state / f"node-{i}.pid").read_text()), 0)
+        except (OSError, ValueError):
+            log = state / f"node-{i}" / "server.log"
+            errors = [ln for ln in log.read_text(errors="replace").splitlines() if " ERROR " in ln] if log.exists() else []
+            print(f"kafka node {i} exited: {errors[-1] if errors else 'see ' + str(log)}", file=sys.stderr)
+            sys.exit(1)
+    try:
+        seen = len(admin.list_topics(timeout=5).brokers)
+        if seen >= want:
+            sys.exit(0)
+    except Exception:  # not yet
+        pass
+    if time.monotonic() > deadline:
+        print(f"cluster not ready: {seen}/{want} brokers", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(1)
+EOF
+  ) || { tail -n 5 "$STATE"/cluster/node-*/server.log >&2 || true; exit 1; }
+}
+
+
+# --- S3 API for the lake (optional): S3Proxy on a local folder --------------------------------
+# `stack.sh s3-up` starts S3Proxy (org.gaul:s3proxy from Maven Central, Apache-2.0) with its
+# filesystem backend under $STATE/s3, SigV4 auth with a random secret kept in $STATE/s3-auth (mode
+# 600), a bucket `reftrain`; `s3-env` prints the STORE_S3_* variables and STORE_DATA_PATH=s3://...
+# `LAKE=s3 stack.sh up` starts it with the stack and `env` then points the lake at it.
+S3_PORT="${REFTRAIN_S3_PORT:-$((19300 + OFFSET))}"
+S3_BUCKET="${REFTRAIN_S3_BUCKET:-reftrain}"
+
+use_s3() { [ "${REFTRAIN_LAKE:-${LAKE:-}}" = s3 ]; }
+
+s3_fetch() {
+  [ -s "$RUNTIME/s3proxy/s3proxy.jar" ] && return
+  log "fetching S3Proxy from Maven Central (once)"
+  mvn -q -B -f "$HERE/pom.xml" dependency:copy@s3proxy >&2
+}
+
+s3_secret() {
+  local d="$STATE/s3-auth"
+  mkdir -p "$d"; chmod 700 "$d"
+  [ -s "$d/secret" ] || (umask 077; openssl rand -hex 20 >"$d/secret")
+  cat "$d/secret"
+}
+
+s3_up() {
+  local pidf="$STATE/s3proxy.pid" conf="$STATE/s3-auth/s3proxy.conf"
+  pid_alive "$pidf" && return
+  s3_fetch
+  mkdir -p "$STATE/s3/$S3_BUCKET"  # the filesystem backend: a bucket is a folder
+  local secret; secret="$(s3_secret)"
+  (umask 077; cat >"$conf" <<EOF
+s3proxy.endpoint=http://127.0.0.1:$S3_PORT
+s3proxy.authorization=aws-v2-or-v4
+s3proxy.identity=reftrain
+s3proxy.credential=$secret
+jclouds.provider=filesystem
+jclouds.filesystem.basedir=$STATE/s3
+EOF
+  )
+  check_port_free s3proxy "$S3_PORT"
+  log "starting S3Proxy on 127.0.0.1:$S3_PORT (bucket $S3_BUCKET, files in $STATE/s3)"
+  nohup java -Xms64m -Xmx384m -XX:TieredStopAtLevel=1 -jar "$RUNTIME/s3proxy/s3proxy.jar" \
+    --properties "$conf" >"$STATE/s3proxy.log" 2>&1 &
+  echo $! >"$pidf"
+  local _
+  for _ in $(seq 1 120); do
+    port_busy "$S3_PORT" && return
+    pid_alive "$pidf" || break
+    sleep 0.5
+  done
+  die "S3Proxy did not start: $(tail -n 3 "$STATE/s3proxy.log" 2>/dev/null | tr '\n' ' ')"
+}
+
+s3_down() { stop_pid s3proxy "$STATE/s3proxy.pid"; }
+
+s3_env() {  # the secret is printed on purpose: `env` output is what a client evals (never logged)
+  cat <<EOF
+export STORE_DATA_PATH=s3://$S3_BUCKET/lake
+export STORE_S3_ENDPOINT=127.0.0.1:$S3_PORT
+export STORE_S3_ACCESS_KEY_ID=reftrain
+export STORE_S3_SECRET_ACCESS_KEY=$(s3_secret)
+export STORE_S3_REGION=us-east-1
+export STORE_S3_URL_STYLE=path
+export STORE_S3_USE_SSL=false
+EOF
+}
+
 # --- cluster init (the compose/k8s init job, for this stack) -----------------------------------
 # Topics, BACKWARD_TRANSITIVE compatibility and the schemas of schemas/ for TOPIC_PREFIX (default
 # none), plus the DuckLake tables: services never register schemas themselves.
@@ -431,23 +663,34 @@ case "${1:-}" in
     cmd_fetch
     mkdir -p "$STATE/lake"
     pg_up
-    kafka_up
+    if use_cluster; then cluster_up; else kafka_up; fi
+    if use_s3; then
+      s3_up
+      log "LAKE=s3: trainer checkpoints are still local files; do not run the trainer/inference on it (docs/scaling.md)"
+    fi
     registry_up
+    if use_cluster; then cluster_wait_ready 180; fi
     wait_ready 180
     # As the compose init job: topics, BACKWARD_TRANSITIVE subjects and schemas (services never
     # register schemas themselves). Idempotent.
     cmd_init >"$STATE/init.log" 2>&1 || { tail -n 5 "$STATE/init.log" >&2; die "cluster init failed (see $STATE/init.log)"; }
-    log "ready: $(export_env | tr '\n' ' ')"
+    log "ready: $(export_env | grep -v SECRET | tr '\n' ' ')"
     ;;
   down)
     stop_pid registry "$STATE/registry.pid"
     stop_pid kafka "$STATE/kafka.pid"
+    if use_cluster; then cluster_down; fi
+    if use_s3; then s3_down; fi
     pg_down
     ;;
   status)
     rc=0
     pg_status || rc=1
-    if pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
+    if use_cluster; then cluster_status || rc=1
+    elif pid_alive "$STATE/kafka.pid"; then echo "kafka: up 127.0.0.1:$KAFKA_PORT (pid $(cat "$STATE/kafka.pid"))"; else echo "kafka: down"; rc=1; fi
+    if use_s3; then
+      if pid_alive "$STATE/s3proxy.pid"; then echo "s3proxy: up 127.0.0.1:$S3_PORT"; else echo "s3proxy: down"; rc=1; fi
+    fi
     if pid_alive "$STATE/registry.pid"; then echo "registry: up http://127.0.0.1:$REGISTRY_PORT (pid $(cat "$STATE/registry.pid"))"; else echo "registry: down"; rc=1; fi
     exit $rc
     ;;
@@ -468,6 +711,13 @@ case "${1:-}" in
   sasl-up) cmd_fetch; mkdir -p "$STATE"; kafka_sasl_up; sasl_wait_ready 180; log "ready: $(sasl_env | tr '\n' ' ')" ;;
   sasl-down) stop_pid kafka-sasl "$STATE/kafka-sasl.pid" ;;
   sasl-env) sasl_env ;;
+  cluster-up) cmd_fetch; cluster_up; cluster_wait_ready 180; log "ready: $(cluster_env)" ;;
+  cluster-down) cluster_down ;;
+  cluster-status) cluster_status ;;
+  cluster-env) cluster_env ;;
+  s3-up) mkdir -p "$STATE"; s3_up; log "ready: S3Proxy on 127.0.0.1:$S3_PORT, bucket $S3_BUCKET" ;;
+  s3-down) s3_down ;;
+  s3-env) s3_env ;;
   reset)
     "$0" down
     log "deleting $STATE and $PG_DATA"
