@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ops.fixtures.coordinator import build_series, merge_round_robin
-from ops.fixtures.support import ensure_topics
+from ops.fixtures.support import ensure_topics, register_schemas
 from reftrain import settings
 from reftrain.observability import Health
 from reftrain.settings import PlatformSettings
@@ -144,6 +144,7 @@ class PlainLoop:
         self.serdes = Serdes(platform, self.cat)
         mirror = replace(platform, topic_prefix=f"{platform.topic_prefix}mirror-")
         ensure_topics(mirror)
+        register_schemas(mirror)
         self.out = Serdes(mirror, TopicCatalogue(mirror))
         self.group = group
         self.latencies: list[float] = []
@@ -208,6 +209,7 @@ class PlainLoop:
 def fresh_platform(tag: str) -> PlatformSettings:
     platform = replace(settings.platform(), topic_prefix=f"bench{uuid.uuid4().hex[:6]}-{tag}-")
     ensure_topics(platform)
+    register_schemas(platform)  # services never register schemas themselves
     return platform
 
 

@@ -58,7 +58,8 @@ def wire_sizes(record: str, values: list[dict[str, Any]]) -> tuple[list[int], st
         from reftrain.serde import AvroSerde, registry_client
 
         platform = settings.platform()
-        serde = AvroSerde(registry_client(platform.schema_registry_url), f"bench-{uuid.uuid4().hex[:6]}-x", record)
+        serde = AvroSerde(registry_client(platform.schema_registry_url), f"bench-{uuid.uuid4().hex[:6]}-x", record,
+                           auto_register=True)  # a scratch subject
         return [len(serde.encode(v)) for v in values], "registry wire format"
     except Exception as exc:
         parsed = schemas.parsed_plain(record)

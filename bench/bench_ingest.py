@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from ops.fixtures.support import scratch_platform  # noqa: E402
+from ops.fixtures.support import register_schemas, scratch_platform  # noqa: E402
 from reftrain import settings  # noqa: E402
 from reftrain.observability import Health  # noqa: E402
 from reftrain.records import candle_series  # noqa: E402
@@ -64,6 +64,7 @@ def main() -> None:
 
 
 def run(plat: PlatformSettings, tmp: Path, args: argparse.Namespace) -> None:
+    register_schemas(plat)  # services never register schemas themselves
     admin = AdminClient(kafka_client_config(plat))
     cat = TopicCatalogue(plat)
     cat.ensure(admin)

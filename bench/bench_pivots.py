@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ops.fixtures.support import ensure_topics, produce_records, real_candles, scratch_platform
+from ops.fixtures.support import ensure_topics, produce_records, real_candles, register_schemas, scratch_platform
 from reftrain import settings
 from reftrain.observability import Health
 from reftrain.records import Candle
@@ -88,7 +88,7 @@ def bench_plain(platform: PlatformSettings, n: int, batch_size: int) -> float:
         fut.result()
     client = registry_client(platform.schema_registry_url)
     decode = Serdes(platform, cat).for_topic(CANDLES)
-    encode = AvroSerde(client, out_topic, "reftrain.Candle")
+    encode = AvroSerde(client, out_topic, "reftrain.Candle", auto_register=True)  # a scratch topic
     group = f"{platform.topic_prefix}bench-plain"
     producer = Producer(producer_config(platform, **{"transactional.id": f"{group}-0",
                                                      "transaction.timeout.ms": 15_000}))
@@ -185,6 +185,7 @@ def main() -> None:
         candles = load(FILES, args.per_file)
         n = len(candles)
         ensure_topics(platform)
+        register_schemas(platform)  # services never register schemas themselves
         t0 = time.perf_counter()
         produce_records(platform, CANDLES, [(f"{c['symbol']}:{c['timeframe']}", dict(c)) for c in candles])
         produced = n / (time.perf_counter() - t0)

@@ -32,7 +32,7 @@ def bench_serde(n: int = 20_000) -> None:
     platform = settings.platform()
     candles = real_candles("BTCUSDT-1m-2025-09-22_2025-09-25.csv", limit=2000)
     serde = AvroSerde(registry_client(platform.schema_registry_url), f"bench-{uuid.uuid4().hex[:6]}-candles",
-                      "reftrain.Candle")
+                      "reftrain.Candle", auto_register=True)  # a scratch subject: services never register
     records: list[dict[str, Any]] = [dict(c) for c in candles]
     serde.decode(serde.encode(records[0]))  # register + warm caches
     t0 = time.perf_counter()
