@@ -40,9 +40,9 @@ from reftrain.store import Store
 from reftrain.streams import Record, Serdes, StreamApp, consumer_config, producer_config
 from reftrain.topics import CANDLES, TopicCatalogue
 from services.pivots import metrics
-from services.pivots.config import PivotSettings
 from services.pivots.detector import PivotDetector
 from services.pivots.processor import PivotProcessor
+from services.pivots.settings import PivotSettings
 from services.pivots.streaming import build_app
 
 FILES = ("BTCUSDT-1m-2025-09-22_2025-09-25.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv",

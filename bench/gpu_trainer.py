@@ -41,8 +41,8 @@ from reftrain.model.training import TargetBatch, job_target
 from reftrain.records import TrainingJob
 from reftrain.window import Window
 from services.trainer.batch import PendingJob
-from services.trainer.config import TrainerSettings
 from services.trainer.engine import TrainerEngine
+from services.trainer.settings import TrainerSettings
 
 WINDOW = 600
 FILES = (BTC_1M, "BTCUSDT-1m-2025-10-29_2025-11-01.csv", "ETHUSDT-1m-2025-09-22_2025-09-25.csv")

@@ -27,7 +27,7 @@ from ops.stages import PRODUCER_OF
 from reftrain import labels
 from reftrain import topics as T
 from reftrain.records import TIMEFRAME_MS, series_key, split_series
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.oracle import batch_join
 
 PASS, FAIL, NOT_RUN = "pass", "FAIL", "not run"

@@ -39,7 +39,7 @@ from reftrain import labels
 from reftrain.adapters import CandleExample, PivotExample, TrainingAdapter, load_adapter
 from reftrain.records import Candle, InferenceRef, inference_id, series_key, timeframe_ms
 from reftrain.window import Window
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.oracle import batch_join
 from services.pivots.detector import detect_pivots
 

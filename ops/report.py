@@ -38,7 +38,7 @@ from reftrain.redact import redact_text, redact_value
 from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes
 from reftrain.topics import TopicCatalogue
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 
 
 @dataclass
@@ -410,7 +410,7 @@ def report_for_run(run_dir: Path, *, with_plots: bool = True, console: Console |
 
 
 def _strengths(env: Mapping[str, str]) -> tuple[int, ...]:
-    from services.pivots.config import load as pivot_settings
+    from services.pivots.settings import load as pivot_settings
 
     return tuple(pivot_settings(env).strengths)
 

@@ -543,7 +543,7 @@ def _report(platform: PlatformSettings, monitor: Monitor, stages_run: dict[str, 
             stages: list[report_mod.StageStatus], extra: dict[str, str], summary: dict[str, Any], run_dir: Path,
             config: RunConfig) -> report_mod.Report:
     from services.coordinator.settings import load as coordinator_settings
-    from services.pivots.config import load as pivot_settings
+    from services.pivots.settings import load as pivot_settings
 
     inp = report_mod.collect(platform, metrics=monitor.by_stage(), stages_run=stages_run,
                              join_config=coordinator_settings(extra).join_config(),

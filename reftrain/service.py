@@ -17,6 +17,7 @@ from reftrain import logs, settings
 from reftrain import observability as obs
 from reftrain.observability import Health, serve_http
 from reftrain.settings import PlatformSettings
+from reftrain.spec import ServiceSpec
 from reftrain.topics import TopicCatalogue
 
 log = logging.getLogger(__name__)
@@ -97,5 +98,16 @@ def run(service: str, body: Callable[[Runtime], None], default_port: int = 0) ->
     return 0
 
 
-def main(service: str, body: Callable[[Runtime], None], default_port: int = 0) -> None:
-    sys.exit(run(service, body, default_port))
+def main(spec: ServiceSpec, body: Callable[[Runtime], None], argv: list[str] | None = None) -> None:
+    """The entry point of ``python -m services.<name>``: ``--help`` prints the spec (what the service
+    consumes and produces, its port and its settings with their env names) and exits 0; any other
+    argument is refused (everything is configured by environment); no argument runs the service."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        sys.stdout.write(spec.help_text())
+        sys.exit(0)
+    if args:
+        sys.stderr.write(f"usage: python -m {spec.module} [--help]  (settings come from the environment: "
+                         f"{spec.env_prefix}*, see --help)\n")
+        sys.exit(2)
+    sys.exit(run(spec.name, body, spec.default_port))

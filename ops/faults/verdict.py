@@ -27,7 +27,7 @@ from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, Topi
 if TYPE_CHECKING:
     from ops.analysis import Analysis
     from ops.faults.campaign import Campaign
-    from services.coordinator.config import JoinConfig
+    from services.coordinator.join_config import JoinConfig
 
 __all__ = ["Injection", "Result", "Row", "analyse"]
 
@@ -48,8 +48,8 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     from ops.analysis import Analysis
     from ops.report import collect
     from services.coordinator.settings import load as coordinator_settings
-    from services.trainer.config import group_id as trainer_group
     from services.trainer.lineage import lineage_job_ids, read_manifest
+    from services.trainer.spec import SPEC as TRAINER_SPEC
 
     assert c.platform is not None
     platform = c.platform
@@ -86,7 +86,7 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     folder = data / "checkpoints" / "trainer"
     for path in sorted(folder.glob("*/*/p*.json")):
         man = read_manifest(path)
-        if man is None or man.group != trainer_group(platform.topic_prefix) or man.topic != topic:
+        if man is None or man.group != TRAINER_SPEC.group(platform.topic_prefix) or man.topic != topic:
             continue
         for entry in man.models.values():
             lineage.update(lineage_job_ids(data, entry.checkpoint_path))

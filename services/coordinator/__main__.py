@@ -12,12 +12,15 @@ import logging
 
 from reftrain import service
 from services.coordinator import settings as coordinator_settings
-from services.coordinator.app import build_app
+from services.coordinator.spec import SPEC
 
 log = logging.getLogger("services.coordinator")
 
 
 def body(rt: service.Runtime) -> None:
+    # imported here so that ``--help`` answers without loading the Kafka client
+    from services.coordinator.app import build_app
+
     settings = coordinator_settings.load()
     app, _ = build_app(rt.platform, settings)
     log.info("coordinator settings", extra={
@@ -27,4 +30,4 @@ def body(rt: service.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    service.main(coordinator_settings.SERVICE, body, default_port=coordinator_settings.DEFAULT_PORT)
+    service.main(SPEC, body)

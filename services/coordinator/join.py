@@ -99,7 +99,7 @@ from reftrain.records import (
     series_key,
     split_series,
 )
-from services.coordinator.config import Horizons, JoinConfig
+from services.coordinator.join_config import Horizons, JoinConfig
 
 STATE_LAYOUT_VERSION = 1
 """Version of the key/value layout below; put it in the changelog topic name or a header."""

@@ -22,7 +22,7 @@ import copy
 from collections.abc import Iterable
 
 from reftrain.records import TIMEFRAME_MS, Candle, InferenceRef, Pivot, TrainingJob, job_id, series_key
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 
 
 def batch_join(

@@ -45,8 +45,8 @@ from reftrain.serde import RegistryUnavailableError
 from reftrain.streams import Context, Record, RestartSession
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS
 from services.coordinator import metrics
-from services.coordinator.config import JoinConfig
 from services.coordinator.join import EXPIRED, JoinEngine, Output, StateValue, event_time
+from services.coordinator.join_config import JoinConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Settings of the coordinator service (environment ``COORDINATOR_*``), validated at start-up so a bad
 value stops the service with a clear message instead of producing a wrong join.
 
-The join knobs map onto ``JoinConfig`` (services/coordinator/config.py); each has one value for every
+The join knobs map onto ``JoinConfig`` (services/coordinator/join_config.py); each has one value for every
 timeframe plus an optional per-timeframe override, e.g.::
 
     COORDINATOR_PIVOT_WINDOW_MS=300000
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from reftrain import settings
 from reftrain.errors import ConfigError
 from reftrain.records import TIMEFRAME_MS
-from services.coordinator.config import (
+from services.coordinator.join_config import (
     DEFAULT_HOT_RETENTION_BARS,
     DEFAULT_MAX_LAG_BARS,
     DEFAULT_MAX_PIVOT_CONFIRMATION_BARS,
@@ -30,13 +30,10 @@ from services.coordinator.config import (
     JoinConfig,
 )
 
-SERVICE = "coordinator"
-DEFAULT_PORT = 8004
-
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
-    """Join knobs (see config.py for what each bound guarantees), alignment and transaction knobs."""
+    """Join knobs (see join_config.py for what each bound guarantees), alignment and transaction knobs."""
 
     #: ± ms around a pivot's pivot_time within which a ref's data_range_end joins it (docs/semantics.md, rule 6).
     pivot_window_ms: int = DEFAULT_PIVOT_WINDOW_MS
@@ -99,8 +96,3 @@ class CoordinatorSettings:
 
 def load(environ: Mapping[str, str] | None = None) -> CoordinatorSettings:
     return settings.load(CoordinatorSettings, "COORDINATOR_", environ)
-
-
-def group_id(topic_prefix: str) -> str:
-    """Consumer group (and transactional-id / changelog stem): ``<TOPIC_PREFIX>coordinator``."""
-    return f"{topic_prefix}{SERVICE}"

@@ -2,7 +2,7 @@
 from ``model-versions``.
 
 Wiring only; the logic is in windows.py (window rules), refs.py (input and ref), models.py (registry)
-and processor.py (the stream processor). Settings: INFERENCE_* (config.py).
+and processor.py (the stream processor). Settings: INFERENCE_* (settings.py).
 
 ``candles`` and ``model-versions`` are consumed by ONE StreamApp group: both have the same partition
 count and producers partition by the same murmur2 hash of the key (the series), so the range
@@ -14,27 +14,29 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import torch
-
 from reftrain import service
-from reftrain.model import select_device
-from reftrain.store import Store
-from reftrain.streams import StreamApp
-from reftrain.topics import CANDLES, MODEL_VERSIONS
-from services.inference import config
-from services.inference.models import ModelRegistry
-from services.inference.processor import InferenceProcessor
+from services.inference import settings as inference_settings
+from services.inference.spec import SPEC
 
 log = logging.getLogger("services.inference")
 
 
 def body(rt: service.Runtime) -> None:
-    settings = config.load()
+    # imported here so that ``--help`` answers without loading torch and the Kafka client
+    import torch
+
+    from reftrain.model import select_device
+    from reftrain.store import Store
+    from reftrain.streams import StreamApp
+    from services.inference.models import ModelRegistry
+    from services.inference.processor import InferenceProcessor
+
+    settings = inference_settings.load()
     torch.set_num_threads(settings.torch_threads)
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
         torch.set_num_interop_threads(1)
     device = select_device(settings.device or None)
-    group = config.group_id(rt.platform.topic_prefix)
+    group = SPEC.group(rt.platform.topic_prefix)
     log.info("inference settings", extra={
         "window": settings.window, "horizon": settings.horizon, "device": str(device),
         "torch_threads": settings.torch_threads, "series": list(settings.series), "group": group})
@@ -45,7 +47,7 @@ def body(rt: service.Runtime) -> None:
         registry.seed_model()  # build version 0 before the first batch
         processor = InferenceProcessor(store, registry, window_size=settings.window, horizon=settings.horizon,
                                        series=settings.series, max_predict_batch=settings.max_predict_batch)
-        app = StreamApp(config.SERVICE, rt.platform, [CANDLES, MODEL_VERSIONS], group=group, processor=processor,
+        app = StreamApp(SPEC.name, rt.platform, list(SPEC.inputs), group=group, processor=processor,
                         stateful=False, batch_size=settings.batch_size)
         app.run(rt.stop, rt.health)
     finally:
@@ -53,4 +55,4 @@ def body(rt: service.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    service.main(config.SERVICE, body, default_port=config.DEFAULT_PORT)
+    service.main(SPEC, body)

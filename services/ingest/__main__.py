@@ -6,26 +6,23 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from reftrain import service, settings
-from reftrain.errors import ConfigError, KafkaBoundaryError, StoreError
+from reftrain.errors import KafkaBoundaryError, StoreError
 from reftrain.serde import RegistryUnavailableError
 from reftrain.store import Store
 from reftrain.streams import Serdes
 from reftrain.topics import CANDLES
 from services.ingest import runner
-from services.ingest.kafka_io import SERVICE, KafkaPublisher
+from services.ingest import settings as ingest_settings
+from services.ingest.kafka_io import KafkaPublisher
 from services.ingest.pipeline import Pipeline
-from services.ingest.settings import IngestSettings
+from services.ingest.spec import SPEC
 
 #: Outages ingest rides out in-process (back off, resume as after a restart); anything else exits.
 OUTAGES = (StoreError, RegistryUnavailableError, KafkaBoundaryError, KafkaException)
 
 
 def body(rt: service.Runtime) -> None:
-    cfg = settings.load(IngestSettings, "INGEST_")
-    if not cfg.files and not cfg.ws_url:
-        raise ConfigError("set INGEST_FILES (replay) or INGEST_WS_URL (live)")
-    if cfg.layout not in ("auto", "simple", "binance"):
-        raise ConfigError(f"INGEST_LAYOUT={cfg.layout!r}: use auto, simple or binance")
+    cfg = ingest_settings.load()
     runner.check_series(cfg.files, cfg.derive)
     serde = Serdes(rt.platform, rt.catalogue).for_topic(CANDLES)
     dlq = rt.catalogue.dlq(CANDLES)
@@ -59,10 +56,10 @@ def body(rt: service.Runtime) -> None:
             store.close()
 
     try:
-        service.restart_on(OUTAGES, session, service=SERVICE, stop=rt.stop, health=rt.health)
+        service.restart_on(OUTAGES, session, service=SPEC.name, stop=rt.stop, health=rt.health)
     finally:
         publisher.close()
 
 
 if __name__ == "__main__":
-    service.main(SERVICE, body, default_port=8001)
+    service.main(SPEC, body)

@@ -28,10 +28,10 @@ from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde
 from reftrain.settings import PlatformSettings
 from reftrain.streams import consumer_config, message_headers, producer_config
+from services.ingest.spec import SERVICE
 
 log = logging.getLogger(__name__)
 
-SERVICE = "ingest"
 #: librdkafka's default ``message.timeout.ms`` (300 s) plus a margin: by then every queued message
 #: has been delivered or has failed.
 DRAIN_TIMEOUT_S = 330.0

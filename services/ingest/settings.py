@@ -1,9 +1,13 @@
-"""Settings of the ingest service, read from ``INGEST_*`` variables by ``reftrain.settings.load``."""
+"""Settings of the ingest service (environment ``INGEST_*``), validated at start-up so a bad value
+stops the service with a clear message before anything is written."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reftrain import settings
+from reftrain.errors import ConfigError
 from services.ingest.aggregate import DEFAULT_TARGETS
 from services.ingest.indicators import DEFAULT_PERIODS
 
@@ -33,3 +37,16 @@ class IngestSettings:
     exit_when_done: bool = True
     #: INGEST_PROGRESS: auto (a bar only when stderr is a terminal) | on | off.
     progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("auto", "simple", "binance"):
+            raise ConfigError(f"INGEST_LAYOUT={self.layout!r}: use auto, simple or binance")
+
+
+def load(environ: Mapping[str, str] | None = None) -> IngestSettings:
+    """The settings from ``INGEST_*``; one of INGEST_FILES (replay) or INGEST_WS_URL (live) is required
+    to run (the dataclass alone may be empty, so ``--help`` and the docs can show the defaults)."""
+    cfg = settings.load(IngestSettings, "INGEST_", environ)
+    if not cfg.files and not cfg.ws_url:
+        raise ConfigError("set INGEST_FILES (replay) or INGEST_WS_URL (live)")
+    return cfg

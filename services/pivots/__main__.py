@@ -1,7 +1,7 @@
 """``python -m services.pivots``: candles -> confirmed multi-level pivots (topic ``pivots`` + store).
 
 Wiring only; the logic is in detector.py (rule), processor.py (state, store, emission) and
-streaming.py (the app). Settings: PIVOTS_STRENGTHS, PIVOTS_BATCH_SIZE (config.py).
+streaming.py (the app). Settings: PIVOTS_STRENGTHS, PIVOTS_BATCH_SIZE (settings.py).
 """
 
 from __future__ import annotations
@@ -9,18 +9,21 @@ from __future__ import annotations
 import logging
 
 from reftrain import service
-from reftrain.store import Store
-from services.pivots import config
-from services.pivots.streaming import build_app
+from services.pivots import settings as pivots_settings
+from services.pivots.spec import SPEC
 
 log = logging.getLogger("services.pivots")
 
 
 def body(rt: service.Runtime) -> None:
-    settings = config.load()
+    # imported here so that ``--help`` answers without loading the Kafka client
+    from reftrain.store import Store
+    from services.pivots.streaming import build_app
+
+    settings = pivots_settings.load()
     log.info("pivot settings", extra={
         "strengths": list(settings.strengths), "batch_size": settings.batch_size,
-        "group": config.group_id(rt.platform.topic_prefix)})
+        "group": SPEC.group(rt.platform.topic_prefix)})
     store = Store.from_settings(rt.platform)
     try:
         app, _ = build_app(rt.platform, settings, store)
@@ -30,4 +33,4 @@ def body(rt: service.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    service.main(config.SERVICE, body, default_port=config.DEFAULT_PORT)
+    service.main(SPEC, body)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from reftrain.settings import PlatformSettings
 from reftrain.streams import StreamApp
-from reftrain.topics import CANDLES
-from services.pivots.config import SERVICE, PivotSettings, group_id
 from services.pivots.processor import PivotProcessor, PivotSink
+from services.pivots.settings import PivotSettings
+from services.pivots.spec import SPEC
 
 
 def build_app(platform: PlatformSettings, settings: PivotSettings, store: PivotSink,
-              service: str = SERVICE) -> tuple[StreamApp, PivotProcessor]:
+              service: str = SPEC.name) -> tuple[StreamApp, PivotProcessor]:
     """Consumes ``candles`` in group ``<TOPIC_PREFIX>pivots``, stateful (changelog
     ``<prefix>pivots-state-changelog``), at most ``settings.batch_size`` candles per transaction."""
     processor = PivotProcessor(settings.strengths, store)
-    app = StreamApp(service, platform, [CANDLES], group=group_id(platform.topic_prefix), processor=processor,
+    app = StreamApp(service, platform, list(SPEC.inputs), group=SPEC.group(platform.topic_prefix), processor=processor,
                     stateful=True, batch_size=settings.batch_size)
     return app, processor

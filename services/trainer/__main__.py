@@ -3,7 +3,7 @@ lineage, and publish its versions (topic ``model-versions`` + store table ``mode
 
 Wiring only; the logic is in windows.py (fetch + verify), batch.py (inputs, targets, steps),
 lineage.py (the exactly-once protocol), engine.py (models and checkpoints) and kafka_loop.py (the
-consumer group). Settings: ``TRAINER_*`` (config.py).
+consumer group). Settings: ``TRAINER_*`` (settings.py).
 """
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 
 from reftrain import service
-from reftrain.store import Store
-from services.trainer import config
-from services.trainer.kafka_loop import TrainerLoop
+from services.trainer import settings as trainer_settings
+from services.trainer.spec import SPEC
 
 log = logging.getLogger("services.trainer")
 
 
 def body(rt: service.Runtime) -> None:
-    settings = config.load()
+    # imported here so that ``--help`` answers without loading torch and the Kafka client
+    from reftrain.store import Store
+    from services.trainer.kafka_loop import TrainerLoop
+
+    settings = trainer_settings.load()
     store = Store.from_settings(rt.platform)
     try:
         TrainerLoop(rt.platform, settings, store, rt.health).run(rt.stop)
@@ -28,4 +31,4 @@ def body(rt: service.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    service.main(config.SERVICE, body, default_port=config.DEFAULT_PORT)
+    service.main(SPEC, body)

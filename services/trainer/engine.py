@@ -38,7 +38,6 @@ from reftrain.model import DEFAULT_SEED, select_device, set_determinism
 from reftrain.records import ModelVersion
 from services.trainer import metrics
 from services.trainer.batch import PendingJob, Rejection, Sample, prepare, training_batches
-from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.lineage import (
     EMPTY_DIGEST,
     ModelEntry,
@@ -51,6 +50,7 @@ from services.trainer.lineage import (
     read_manifest,
     write_manifest,
 )
+from services.trainer.settings import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.windows import WindowFetcher, WindowSource
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from services import catalog
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -28,9 +30,9 @@ K8S_BASE = REPO / "deploy" / "k8s" / "base"
 K8S_OVERLAYS = sorted(p.parent for p in (REPO / "deploy" / "k8s" / "overlays").glob("*/kustomization.yaml"))
 INIT_SCRIPT = REPO / "deploy" / "init" / "init_cluster.py"
 
-#: The five services of DESIGN §1 (docs/platform.md: default ports).
-SERVICES = ("ingest", "pivots", "inference", "coordinator", "trainer")
-DEFAULT_PORTS = {"ingest": 8001, "pivots": 8002, "inference": 8003, "coordinator": 8004, "trainer": 8005}
+#: The five services and their default ports, read from their specs (services/<name>/spec.py).
+SERVICES = tuple(s.name for s in catalog.SPECS)
+DEFAULT_PORTS = {s.name: s.default_port for s in catalog.SPECS}
 #: Compose services that run a service module, and the service each one is.
 APP_SERVICES = {"ingest": "ingest", "pivots": "pivots", "inference": "inference", "coordinator": "coordinator",
                 "trainer": "trainer", "trainer-cpu": "trainer"}
@@ -120,17 +122,9 @@ def load_yaml_all(text: str) -> list[Any]:
 
 # ------------------------------------------------------------------------------------ settings
 def settings_class(svc: str) -> tuple[type, str]:
-    """The settings dataclass of a service and its env prefix, found in services/<svc>/{settings,config}.py."""
-    prefix = f"{svc.upper()}_"
-    for module in (f"services.{svc}.settings", f"services.{svc}.config"):
-        if importlib.util.find_spec(module) is None:
-            continue
-        mod = importlib.import_module(module)
-        for obj in vars(mod).values():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Settings")
-                    and obj.__module__ == mod.__name__):
-                return obj, prefix
-    raise LookupError(f"no *Settings dataclass in services/{svc}/settings.py or config.py")
+    """The settings dataclass of a service and its env prefix, as its spec declares them."""
+    spec = catalog.BY_NAME[svc]
+    return spec.settings_class, spec.env_prefix
 
 
 def init_settings_class() -> type:

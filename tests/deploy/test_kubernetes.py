@@ -121,9 +121,9 @@ def test_keda_scales_trainers_on_their_groups_lag() -> None:
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
-    from services.trainer.config import group_id
+    from services.catalog import TRAINER
 
-    assert meta["consumerGroup"] == group_id(platform.topic_prefix)
+    assert meta["consumerGroup"] == TRAINER.group(platform.topic_prefix)
     assert meta["topic"] == TopicCatalogue(platform).name(TRAINING_JOBS)
     assert meta["bootstrapServers"] == platform.kafka_bootstrap_servers
     assert int(meta["lagThreshold"]) > 0

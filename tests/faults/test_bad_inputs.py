@@ -396,8 +396,8 @@ def test_refs_and_pivots_corpus_and_pivots_of_unknown_series(
 # -- training jobs: the trainer ----------------------------------------------------------------------
 def test_training_jobs_corpus_windows_not_in_store_never_train(
         platform: PlatformSettings, platform_env: dict[str, str], tmp_path: Path, services: list[Service]) -> None:
-    from services.trainer.config import group_id
     from services.trainer.lineage import lineage_job_ids, manifest_relpath, read_manifest
+    from services.trainer.spec import SPEC as TRAINER_SPEC
     from tests.unit.trainer.trainer_synth import candle_job, make_ref, synth_jobs
 
     window = 60
@@ -456,7 +456,7 @@ def test_training_jobs_corpus_windows_not_in_store_never_train(
     ends = {p: n for (_t, p), n in probe.end_offsets([topic]).items() if n > 0}
     probe.close()
     path = Path(platform.store_data_path)
-    group = group_id(platform.topic_prefix)
+    group = TRAINER_SPEC.group(platform.topic_prefix)
 
     def done() -> bool:
         ms = {p: read_manifest(path / manifest_relpath(group, topic, p)) for p in ends}

@@ -37,7 +37,8 @@ from reftrain.streams import Serdes, consumer_config, producer_config
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS, TRAINING_JOBS, TopicCatalogue
 from services.coordinator.join import STATE_LAYOUT_VERSION
 from services.coordinator.oracle import batch_join
-from services.coordinator.settings import CoordinatorSettings, group_id
+from services.coordinator.settings import CoordinatorSettings
+from services.coordinator.spec import SPEC as COORDINATOR_SPEC
 from tests.integration.coordinator.scenario import Series, build_series, merge_round_robin, synthetic_ref
 from tests.support import consume_all, decode_all, ensure_topics, free_port, parse_metrics, start_service
 
@@ -428,7 +429,7 @@ def test_kill9_at_random_points_while_producing_every_job_exactly_once(
     assert_counters_match_topics(m, [btc], expected)
     assert c.stop() == 0
     assert_exactly_oracle(read_jobs(platform), expected)
-    changelog = TopicCatalogue(platform).changelog(group_id(platform.topic_prefix),
+    changelog = TopicCatalogue(platform).changelog(COORDINATOR_SPEC.group(platform.topic_prefix),
                                                    f"state-v{STATE_LAYOUT_VERSION}")
     aborted = {t: len(read_to_end(platform, t, "read_uncommitted")) - len(read_to_end(platform, t))
                for t in (TopicCatalogue(platform).name(TRAINING_JOBS), changelog)}

@@ -26,8 +26,8 @@ from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 from reftrain.streams import consumer_config
 from reftrain.topics import CANDLES, PIVOTS, TopicCatalogue
-from services.pivots.config import group_id
 from services.pivots.detector import detect_pivots
+from services.pivots.spec import SPEC as PIVOTS_SPEC
 from tests.support import (
     consume_all,
     decode_all,
@@ -102,7 +102,7 @@ def committed_everything(platform: PlatformSettings) -> bool:
     fetch waits for a pending transactional commit, KIP-447: call it while the service runs, not
     right after a kill -9, whose open transaction only ends when a new instance fences it.)"""
     topic = TopicCatalogue(platform).name(CANDLES)
-    c = Consumer(consumer_config(platform, group_id(platform.topic_prefix)))
+    c = Consumer(consumer_config(platform, PIVOTS_SPEC.group(platform.topic_prefix)))
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         for tp in c.committed(parts, timeout=10):

@@ -43,8 +43,8 @@ from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 from reftrain.streams import consumer_config
 from reftrain.topics import MODEL_VERSIONS, TRAINING_JOBS
-from services.trainer.config import group_id
 from services.trainer.lineage import lineage_job_ids, lineage_metas, manifest_relpath, read_manifest
+from services.trainer.spec import SPEC as TRAINER_SPEC
 from tests.support import (
     consume_all,
     decode_all,
@@ -142,7 +142,7 @@ class Dataset:
             c.close()
 
     def manifests(self) -> dict[int, Any]:
-        group = group_id(self.platform.topic_prefix)
+        group = TRAINER_SPEC.group(self.platform.topic_prefix)
         return {p: read_manifest(Path(self.platform.store_data_path) / manifest_relpath(group, self.topic, p))
                 for p in self.ends}
 

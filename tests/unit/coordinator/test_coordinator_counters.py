@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from reftrain.streams import Context, Record
 from reftrain.topics import CANDLES, INFERENCE_REFS, PIVOTS
 from services.coordinator import metrics
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.processor import CoordinatorProcessor
 from tests.unit.coordinator.test_coordinator_join import make_candle, make_pivot, make_ref, t
 

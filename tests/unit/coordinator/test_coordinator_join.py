@@ -34,7 +34,6 @@ from reftrain.records import (
     series_key,
     stable_id,
 )
-from services.coordinator.config import JoinConfig
 from services.coordinator.join import (
     ARRIVAL_OUTCOMES,
     Change,
@@ -49,6 +48,7 @@ from services.coordinator.join import (
     ref_key,
     watermark_key,
 )
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.oracle import batch_join
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "BTCUSDT-1m-2025-09-22_2025-09-25.csv"

@@ -18,8 +18,8 @@ from typing import Any, cast
 from hypothesis import given, settings
 
 from reftrain.records import TIMEFRAME_MS, InferenceRef
-from services.coordinator.config import DEFAULT_HOT_RETENTION_BARS, JoinConfig
 from services.coordinator.join import JoinEngine, decode_archive, parse_key
+from services.coordinator.join_config import DEFAULT_HOT_RETENTION_BARS, JoinConfig
 from services.coordinator.oracle import batch_join
 from services.coordinator.settings import CoordinatorSettings
 from services.pivots.detector import detect_pivots

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from reftrain.records import Candle, InferenceRef, Pivot, inference_id, pivot_id
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.oracle import batch_join
 
 BAR = 60_000

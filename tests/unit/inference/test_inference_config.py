@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from reftrain.errors import ConfigError
-from services.inference import config
+from services.inference import settings as config
+from services.inference.spec import SPEC as INFERENCE_SPEC
 
 
 def test_defaults_and_environment() -> None:
@@ -16,7 +17,7 @@ def test_defaults_and_environment() -> None:
                      "INFERENCE_TORCH_THREADS": "2", "INFERENCE_SERIES": "BTCUSDT:1m, ETHUSDT:1h"})
     assert (s.window, s.horizon, s.device, s.torch_threads, s.series) == (
         300, 3, "cpu", 2, ("BTCUSDT:1m", "ETHUSDT:1h"))
-    assert config.group_id("t1-") == "t1-inference"
+    assert INFERENCE_SPEC.group("t1-") == "t1-inference"
 
 
 @pytest.mark.parametrize("env", [

@@ -12,7 +12,7 @@ from ops import scoring
 from ops.backtest import WalkForward, load_csv, markdown_sections, segment_jobs, summarise
 from reftrain.adapters.linear import LinearAdapter
 from reftrain.records import Candle
-from services.coordinator.config import JoinConfig
+from services.coordinator.join_config import JoinConfig
 
 BTC = "BTCUSDT-1m-2025-09-22_2025-09-25.csv"
 W, K = 100, 420  # a short window keeps the test in seconds; the future starts at bar K

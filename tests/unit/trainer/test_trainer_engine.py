@@ -24,9 +24,9 @@ from reftrain.model import init_model
 from reftrain.model.adapter import TorchAdapter
 from reftrain.records import Candle, ModelVersion, TrainingJob
 from services.trainer.batch import PendingJob
-from services.trainer.config import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.engine import TrainerEngine
 from services.trainer.lineage import ManifestConflict, digest_add, lineage_job_ids, read_manifest
+from services.trainer.settings import FAILPOINT_STAGES, TrainerSettings
 from tests.unit.trainer.trainer_synth import MemStore, synth_jobs
 
 W = 48

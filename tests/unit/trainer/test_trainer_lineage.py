@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reftrain.errors import ConfigError
-from services.trainer import config
+from services.trainer import settings as config
 from services.trainer.lineage import (
     EMPTY_DIGEST,
     ManifestConflict,
@@ -23,6 +23,7 @@ from services.trainer.lineage import (
     read_manifest,
     write_manifest,
 )
+from services.trainer.spec import SPEC as TRAINER_SPEC
 
 
 def test_digest_is_order_independent_and_counts_repeats() -> None:
@@ -83,4 +84,4 @@ def test_settings_from_environment() -> None:
                      "TRAINER_FAILPOINT": "after_manifest:2"})
     assert (s.batch, s.checkpoint_jobs, s.checkpoint_seconds) == (16, 64, 2.5)
     assert s.failpoint == "after_manifest:2"
-    assert config.group_id("t1-") == "t1-trainer"
+    assert TRAINER_SPEC.group("t1-") == "t1-trainer"

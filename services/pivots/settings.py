@@ -10,9 +10,6 @@ from reftrain import settings
 from reftrain.errors import ConfigError
 from services.pivots.detector import DEFAULT_STRENGTHS, validate_strengths
 
-SERVICE = "pivots"
-DEFAULT_PORT = 8002
-
 
 @dataclass(frozen=True)
 class PivotSettings:
@@ -33,8 +30,3 @@ class PivotSettings:
 
 def load(environ: Mapping[str, str] | None = None) -> PivotSettings:
     return settings.load(PivotSettings, "PIVOTS_", environ)
-
-
-def group_id(topic_prefix: str) -> str:
-    """Consumer group (and transactional-id / changelog stem): ``<TOPIC_PREFIX>pivots``."""
-    return f"{topic_prefix}{SERVICE}"

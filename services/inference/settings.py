@@ -10,9 +10,6 @@ from reftrain import settings
 from reftrain.errors import ConfigError
 from reftrain.records import split_series
 
-SERVICE = "inference"
-DEFAULT_PORT = 8003
-
 
 @dataclass(frozen=True)
 class InferenceSettings:
@@ -58,8 +55,3 @@ class InferenceSettings:
 
 def load(environ: Mapping[str, str] | None = None) -> InferenceSettings:
     return settings.load(InferenceSettings, "INFERENCE_", environ)
-
-
-def group_id(topic_prefix: str) -> str:
-    """Consumer group and transactional-id stem: ``<TOPIC_PREFIX>inference``."""
-    return f"{topic_prefix}{SERVICE}"
