@@ -18,17 +18,16 @@ never a torn one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import torch
 
+from reftrain.adapters import atomic_write
 from reftrain.model.network import ModelConfig, RefTrainNet
 
 FORMAT = "reftrain-ckpt-v1"
@@ -74,7 +73,7 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    _atomic_write(Path(path), data)
+    atomic_write(Path(path), data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -93,37 +92,6 @@ def load_checkpoint(
     model.load_state_dict(payload["model"])
     model.to(torch.device(device)).eval()
     return model, payload["optimizer"], payload["meta"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); not possible on Windows, where it is skipped."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _to_cpu(obj: Any) -> Any:

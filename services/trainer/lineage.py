@@ -32,16 +32,16 @@ and the chain of ``parent`` links from the manifest's checkpoint lists each of t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from reftrain.adapters import atomic_write
 
 MANIFEST_FORMAT = "reftrain-trainer-manifest-v1"
 DIGEST_BITS = 128
@@ -160,29 +160,6 @@ def write_manifest(path: str | os.PathLike[str], manifest: PartitionManifest, ex
     if on_disk != expected_seq:
         raise ManifestConflict(f"{target}: seq {on_disk} on disk, this owner expected {expected_seq}")
     atomic_write(target, manifest.to_json())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """temp file in the same directory, fsync, rename over the target, fsync the directory: a crash
-    leaves the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def read_meta(data_path: str | os.PathLike[str], checkpoint_path: str) -> dict[str, Any]:
