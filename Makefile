@@ -56,17 +56,18 @@ status: ## is the local stack up?
 env: ## print the variables that point at the local stack
 	@$(STACK_OPTS) $(STACK) env
 
-# Two pytest workers (xdist, one test file per worker): most tests wait on a broker or a service
+# Two pytest workers (xdist, one test file per worker, in collection order: tests/conftest.py puts the
+# longest files first, --no-loadscope-reorder keeps that): most tests wait on a broker or a service
 # process, so two workers on two cores nearly halve the wall time. The stack is started once, here,
 # before pytest (a stack that cannot start ends `make test` at once, with its one ERROR line).
 PYTEST_WORKERS ?= 2
 test: venv deps ## the suite against the real local stack (started and stopped here); long scenarios left out
 	PYTHON=$(PY) $(STACK) fetch
-	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-all: venv deps ## every test: the suite with the slow scenarios, then the compose stack (make compose-test)
 	PYTHON=$(PY) $(STACK) fetch
-	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m 'not compose'
+	cd $(ROOT) && PYTHON=$(PY) $(STACK) with $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not compose'
 	$(MAKE) -f $(ROOT)/Makefile compose-test
 
 test-unit: venv ## unit and contract tests only (no broker)
