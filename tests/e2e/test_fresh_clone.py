@@ -54,7 +54,8 @@ def clone() -> Iterator[tuple[Path, dict[str, str]]]:
     runtime = REPO / "deploy" / "local" / ".runtime"
     assert runtime.is_dir(), "make test fetches the runtime before the suite"
     (repo / "deploy" / "local" / ".runtime").symlink_to(runtime)
-    env = {k: v for k, v in os.environ.items() if k not in STACK_VARS}
+    # Nothing of this run's stack, nor of its pytest workers (xdist), reaches the clone's own run.
+    env = {k: v for k, v in os.environ.items() if k not in STACK_VARS and not k.startswith("PYTEST_")}
     env.update({"REFTRAIN_PORT_OFFSET": str(_free_offset()), "PYTHON": sys.executable,
                 "PYTHONPATH": str(repo)})
     try:
