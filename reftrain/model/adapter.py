@@ -24,6 +24,7 @@ import torch
 
 from reftrain.adapters import CandleExample, PivotExample, Prediction, TrainingAdapter, fit_temperature, softmax
 from reftrain.labels import PIVOT_CLASSES
+from reftrain.model.checkpoint import to_cpu
 from reftrain.model.features import SCHEME, build_input, candle_logrets, compute_norm_params, decode_candle
 from reftrain.model.network import (
     DEFAULT_SEED,
@@ -87,7 +88,7 @@ class TorchAdapter(TrainingAdapter):
         payload = {
             "config": self.model.config.to_dict(),
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "temperature": self.temperature,
             "calib_logits": torch.from_numpy(np.ascontiguousarray(self.calib_logits)),
             "calib_labels": torch.from_numpy(np.ascontiguousarray(self.calib_labels)),
@@ -169,15 +170,3 @@ def _candle_target(e: CandleExample) -> npt.NDArray[np.float32]:
     c = e.candle
     z = candle_logrets(e.norm_params, float(c["open"]), float(c["high"]), float(c["low"]), float(c["close"]))
     return z.astype(np.float32)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj

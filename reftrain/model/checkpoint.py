@@ -67,7 +67,7 @@ def save_checkpoint(
         "format": FORMAT,
         "config": model.config.to_dict(),
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else {},
+        "optimizer": to_cpu(optimizer.state_dict()) if optimizer is not None else {},
         "meta": dict(meta),
     }
     buf = io.BytesIO()
@@ -94,15 +94,15 @@ def load_checkpoint(
     return model, payload["optimizer"], payload["meta"]
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().clone()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
+        return tuple(to_cpu(v) for v in obj)
     return obj
 
 
