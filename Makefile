@@ -84,6 +84,11 @@ REPORT_ARGS ?=
 run: venv deps ## the whole loop on the bundled real data: stack, services, replay, report, plots, clean stop
 	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.run $(RUN_ARGS)
 
+KILLS ?= coordinator,inference,trainer
+.PHONY: run-kill
+run-kill: venv deps ## make run with kill -9 of $$KILLS mid-run (each restarted); every report check must still pass
+	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.run --kill $(KILLS) $(RUN_ARGS)
+
 report: venv ## the report of a running stack ($$TOPIC_PREFIX), or REPORT_ARGS="--run reports/<run>"
 	cd $(ROOT) && $(PY) -m ops.report $(REPORT_ARGS)
 

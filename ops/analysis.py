@@ -12,6 +12,7 @@ after an aborted transaction, and are only used to cross-check and for what topi
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -282,17 +283,24 @@ class Analysis:
         mismatched = [jid for jid in sorted(emitted & set(oracle))
                       if _job_identity(self.jobs[jid].value or {}) != _job_identity(oracle[jid])]
         duplicates = len(self.job_msgs) - len(self.jobs)
-        ok = not missing and not extra and not mismatched and duplicates == 0
         late_by_kind: dict[str, int] = {}
         cm = self.metrics("coordinator")
         if cm is not None:
             late_by_kind = {k: int(v) for k, v in
                             cm.by_label("reftrain_coordinator_late_inputs_total", "kind").items() if v}
         late = sum(late_by_kind.values())
+        attributed = self._late_attribution([oracle[j] for j in missing], late_by_kind) if missing and late else None
+        ok = ((not missing or (attributed is not None and attributed["ok"]))
+              and not extra and not mismatched and duplicates == 0)
         detail = (f"emitted {len(emitted)} distinct ids ({len(self.job_msgs)} messages), oracle {len(oracle)}; "
                   f"missing {len(missing)}, extra {len(extra)}, content mismatches {len(mismatched)}, "
                   f"duplicates {duplicates}")
-        if late and not ok:
+        if attributed is not None:
+            detail += (f"; missing jobs of late inputs (ignored by contract, join.py): {attributed['refs']} refs, "
+                       f"{attributed['pivots']} pivots, unexplained {attributed['unexplained']} jobs; the "
+                       f"coordinator counted late {late_by_kind.get('ref', 0)} refs, "
+                       f"{late_by_kind.get('pivot', 0)} pivots")
+        elif late and not ok:
             detail += f"; the coordinator counted {late} late inputs (ignored by contract: see join.py)"
         self.checks.append(Check("exactly-once: job ids == oracle batch_join", PASS if ok else FAIL, detail))
         if late and ok:
@@ -309,6 +317,7 @@ class Analysis:
 
         return {
             "ok": ok,
+            "late_attribution": attributed,
             "emitted_messages": len(self.job_msgs),
             "emitted_distinct": len(emitted),
             "oracle": len(oracle),
@@ -322,6 +331,64 @@ class Analysis:
             "extra_sample": [describe(j, self.jobs[j].value or {}) for j in extra[:20]],
             "mismatched_sample": mismatched[:20],
         }
+
+    #: A transaction's messages carry their send time but become visible at its commit: a ref or
+    #: pivot may reach the coordinator this much after its timestamp.
+    VISIBILITY_SLACK_MS = 10_000
+
+    def _late_attribution(self, missing: list[dict[str, Any]], late_by_kind: dict[str, int]) -> dict[str, Any]:
+        """Are the oracle's jobs that were not emitted exactly those of LATE inputs, which the
+        coordinator ignores by contract (join.py: the engine equals batch_join of the ACCEPTED
+        inputs)? Late = its series' candle watermark more than S (max_lag) past its event time on
+        arrival, which the topics bound from outside: an input can only have been late if the
+        candles topic had passed event time + S by the time it was visible (its timestamp +
+        VISIBILITY_SLACK_MS). A missing job is explained when its ref (or, for a PIVOT job, its
+        pivot) got no job at all and could have been late; the explained refs and pivots may not
+        outnumber the coordinator's restart-proof late counters (e.g. refs predicted after an
+        inference outage longer than S bars of replay time)."""
+        wm_at: dict[str, tuple[list[int], list[int]]] = {}
+        by_series: dict[str, list[Msg]] = defaultdict(list)
+        for m in self.candles.values():
+            by_series[_series_of(m.value or {})].append(m)
+        for ser, ms in by_series.items():
+            ms.sort(key=lambda m: m.timestamp)
+            ts, run, best = [], [], -(2**62)
+            for m in ms:
+                best = max(best, int((m.value or {})["open_time"]))
+                ts.append(m.timestamp)
+                run.append(best)
+            wm_at[ser] = (ts, run)
+
+        def could_be_late(ser: str, tf: str, event_time: int, published: int) -> bool:
+            ts, run = wm_at.get(ser, ([], []))
+            i = bisect.bisect_right(ts, published + self.VISIBILITY_SLACK_MS)
+            if i == 0 or tf not in TIMEFRAME_MS:
+                return False
+            return run[i - 1] > event_time + self.inp.join_config.horizons(tf).max_lag
+
+        with_jobs_ref = {(m.value or {})["ref"]["inference_id"] for m in self.jobs.values()}
+        with_jobs_pivot = {((m.value or {}).get("pivot") or {}).get("pivot_id") for m in self.jobs.values()}
+        refs: set[str] = set()
+        pivots: set[str] = set()
+        unexplained = 0
+        for j in missing:
+            r = j["ref"]
+            ser = series_key(r["symbol"], r["timeframe"])
+            ref_msg = self.refs.get((ser, r["inference_id"]))
+            if (r["inference_id"] not in with_jobs_ref and ref_msg is not None
+                    and could_be_late(ser, r["timeframe"], r["data_range_end"], ref_msg.timestamp)):
+                refs.add(r["inference_id"])
+                continue
+            pv = j.get("pivot") or {}
+            piv_msg = self.pivots.get((ser, pv.get("pivot_id")))
+            if (j["trigger"] == "PIVOT" and pv.get("pivot_id") not in with_jobs_pivot and piv_msg is not None
+                    and could_be_late(ser, r["timeframe"], pv["confirmed_at"], piv_msg.timestamp)):
+                pivots.add(pv["pivot_id"])
+                continue
+            unexplained += 1
+        ok = (unexplained == 0 and len(refs) <= late_by_kind.get("ref", 0)
+              and len(pivots) <= late_by_kind.get("pivot", 0))
+        return {"ok": ok, "refs": len(refs), "pivots": len(pivots), "unexplained": unexplained}
 
     # -- training ------------------------------------------------------------------------------
     def training(self) -> dict[str, Any]:
@@ -348,11 +415,19 @@ class Analysis:
             used_versions.items()))}
         if self.inp.model_versions_table is not None:
             data["store_model_versions"] = len(self.inp.model_versions_table)
+        data["version_repeats"] = repeats = version_repeats(self.version_msgs)
         if not self.ran("trainer"):
+            self.checks.append(Check(REPEAT_CHECK, NOT_RUN, "trainer did not run"))
             self.checks.append(Check("model versions advanced", NOT_RUN, "trainer did not run"))
             self.checks.append(Check("inference used trained versions", NOT_RUN, "trainer did not run"))
         else:
             advanced = bool(jobs_keys) and all(k in summary and summary[k]["last"] >= 1 for k in jobs_keys)
+            self.checks.append(Check(
+                REPEAT_CHECK, PASS if not repeats["conflicts"] else FAIL,
+                f"{repeats['messages']} messages, {repeats['distinct']} distinct versions, "
+                f"{repeats['identical_repeats']} identical repeats (one version each), "
+                f"{len(repeats['conflicts'])} conflicting" + (": " + "; ".join(repeats["conflicts"][:5])
+                                                            if repeats["conflicts"] else "")))
             self.checks.append(Check("model versions advanced", PASS if advanced else FAIL,
                                      ", ".join(f"{k}: v{s['first']}..v{s['last']} ({s['versions']})"
                                                for k, s in summary.items()) or "no model-versions"))
@@ -620,6 +695,35 @@ class Analysis:
         self.checks.append(Check("no DLQ entries", PASS if dlq_total == 0 else FAIL,
                                  ", ".join(f"{t}: {n}" for t, n in out["counts"]["dlq"].items() if n) or "0"))
         return out
+
+
+#: The idempotence contract of model-versions (docs/semantics.md, "Repeated ModelVersions").
+REPEAT_CHECK = "model-versions: a repeated version names the same checkpoint"
+
+
+def version_repeats(msgs: Sequence[Msg]) -> dict[str, Any]:
+    """Repeated ModelVersions: a (model_key, version) announced more than once is ONE version when
+    every message names the same checkpoint (path, and sha256 where both carry one); a repeat naming
+    another checkpoint is a conflict (inference refuses it: services/inference/models.py)."""
+    seen: dict[tuple[str, int], list[tuple[str, str | None]]] = defaultdict(list)
+    for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
+        v = m.value
+        if v is not None:
+            seen[(v["model_key"], int(v["version"]))].append((str(v["checkpoint_path"]),
+                                                              v.get("checkpoint_sha256") or None))
+    repeats = 0
+    conflicts: list[str] = []
+    for (key, version), idents in sorted(seen.items()):
+        first_path, first_sha = idents[0]
+        for path, sha in idents[1:]:
+            same = path == first_path and (sha is None or first_sha is None or sha.lower() == first_sha.lower())
+            if same:
+                repeats += 1
+            else:
+                conflicts.append(f"{key} v{version}: {first_path} ({(first_sha or '?')[:12]}) vs {path} "
+                                 f"({(sha or '?')[:12]})")
+    return {"messages": sum(len(i) for i in seen.values()), "distinct": len(seen), "identical_repeats": repeats,
+            "conflicts": conflicts}
 
 
 def _job_identity(j: dict[str, Any]) -> tuple[Any, ...]:

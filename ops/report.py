@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -39,6 +40,9 @@ from reftrain.settings import PlatformSettings
 from reftrain.streams import Serdes
 from reftrain.topics import TopicCatalogue
 from services.coordinator.join_config import JoinConfig
+
+#: The check of ``ops.run --kill``: every planned kill -9 happened mid-run.
+KILL_CHECK = "kill -9 mid-run (--kill): every planned kill happened, services restarted"
 
 
 @dataclass
@@ -129,12 +133,57 @@ def _store_model_versions(platform: PlatformSettings) -> list[dict[str, Any]] | 
         return None
 
 
+# -- metrics over process incarnations ------------------------------------------------------------
+def restored_counters() -> frozenset[str]:
+    """Counter samples a service restores with its state (so a restarted process already counts
+    what its predecessors did): the coordinator's committed counts (services/coordinator/metrics.py)."""
+    from services.coordinator.metrics import FAMILIES
+
+    return frozenset(f"{name}_total" for name, _help, _labels in FAMILIES)
+
+
+def _counter_samples(s: Scrape) -> set[str]:
+    """Sample names of ``s`` that belong to counters and histograms (cumulative per process)."""
+    out: set[str] = set()
+    if not s.text:
+        return {n for n in s.samples if n.endswith(("_total", "_bucket", "_count", "_sum"))}
+    for family in text_string_to_metric_families(s.text):
+        if family.type in ("counter", "histogram", "summary"):
+            out.update(x.name for x in family.samples if not x.name.endswith("_created"))
+    return out
+
+
+def merge_incarnations(scrapes: Sequence[Scrape], restored: frozenset[str] | None = None) -> Scrape:
+    """One instance's final /metrics over its process incarnations (oldest first; docs/semantics.md,
+    "Counters across restarts"): a counter that the service restores with its state is the last
+    incarnation's; every other counter (and histogram) is summed over the incarnations (each one's
+    final scrape: work done, redone work included); a gauge is the last incarnation's."""
+    if not scrapes:
+        return Scrape("", ok=False)
+    restored = restored_counters() if restored is None else restored
+    last = scrapes[-1]
+    out = Scrape(",".join(s.url for s in scrapes), {k: list(v) for k, v in last.samples.items()}, last.ok,
+                 last.error, last.text)
+    for earlier in scrapes[:-1]:
+        for name in sorted(_counter_samples(earlier) - restored):
+            out.samples.setdefault(name, []).extend(earlier.samples.get(name, []))
+    return out
+
+
 def build(inp: Inputs, *, title: str, meta: Mapping[str, Any], stages: Sequence[StageStatus],
-          out_dir: Path | None = None, with_plots: bool = True) -> Report:
-    """Analyse ``inp`` into a Report; with ``out_dir``, also write the plots there."""
+          out_dir: Path | None = None, with_plots: bool = True,
+          kills: Sequence[Mapping[str, Any]] | None = None) -> Report:
+    """Analyse ``inp`` into a Report; with ``out_dir``, also write the plots there. ``kills``: the
+    kill -9s ``ops.run --kill`` planned (each with ``done``), checked and tabled."""
     a = Analysis(inp)
     sections = a.sections()
     checks = list(a.checks)
+    if kills:
+        sections["kills"] = [dict(k) for k in kills]
+        missed = [f"{k['service']}: {k.get('detail') or 'not done'}" for k in kills if not k.get("done")]
+        checks.append(Check(KILL_CHECK, PASS if not missed else FAIL,
+                            "; ".join(missed) if missed else ", ".join(
+                                f"{k['instance']} at {k['at_s']:.0f} s" for k in kills)))
     if inp.model_versions_table is not None:
         topic = {(m.value or {})["model_key"] + f" v{(m.value or {})['version']}"
                  for m in inp.messages.get("model-versions", [])}
@@ -189,6 +238,10 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                   ", ".join(f"{i['instance']} (pid {i.get('pid')}, :{i.get('port')})" for i in st.instances) or "-",
                   "; ".join(f"{i['instance']}: {i.get('ended', '?')}" for i in st.instances) or st.note]
                  for st in report.stages]))
+    if s.get("kills"):
+        out.append(("Kills (ops.run --kill)", ["service", "instance", "at s", "phase", "pid", "done", "detail"],
+                    [[k["service"], k["instance"], f"{k['at_s']:.1f}", k.get("phase", ""), _fmt(k.get("pid")),
+                      "yes" if k.get("done") else "NO", k.get("detail", "")] for k in s["kills"]]))
     c = s.get("counts", {})
     if c:
         out.append(("Per-stage counts", ["topic", "messages", "distinct", "DLQ entries"],
@@ -396,7 +449,9 @@ def report_for_run(run_dir: Path, *, with_plots: bool = True, console: Console |
     for stage in STAGES:
         files = sorted((run_dir / "metrics").glob(f"{stage.name}*.prom"))
         if files:
-            metrics[stage.name] = merge([parse(f.read_text(), str(f)) for f in files])
+            metrics[stage.name] = merge([merge_incarnations(
+                [*(parse(e.read_text(), str(e)) for e in incarnation_files(run_dir, f.stem)),
+                 parse(f.read_text(), str(f))]) for f in files])
     stages = [StageStatus(**s) for s in meta["stages"]]
     from services.coordinator.settings import load as coordinator_settings
 
@@ -404,9 +459,16 @@ def report_for_run(run_dir: Path, *, with_plots: bool = True, console: Console |
                   join_config=coordinator_settings(meta.get("env", {})).join_config(),
                   strengths=_strengths(meta.get("env", {})))
     report = build(inp, title=f"reftrain run {meta['run_id']}", meta=meta["summary"], stages=stages,
-                   out_dir=run_dir, with_plots=with_plots)
+                   out_dir=run_dir, with_plots=with_plots, kills=meta.get("kills"))
     write(report, run_dir)
     return report
+
+
+def incarnation_files(run_dir: Path, instance: str) -> list[Path]:
+    """The final scrapes of an instance's earlier (killed or crashed) processes, oldest first:
+    ``metrics/incarnations/<instance>.<n>.prom`` (``metrics/<instance>.prom`` is the last one)."""
+    files = (run_dir / "metrics" / "incarnations").glob(f"{instance}.*.prom")
+    return sorted(files, key=lambda f: int(f.stem.rsplit(".", 1)[1]))
 
 
 def _strengths(env: Mapping[str, str]) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ from ops.catalog import CatalogError, drop_catalog, fresh_catalog
 from ops.kafkaview import KafkaView
 from ops.procs import Interrupted, ServiceProcess, free_port, pid_alive, signals_handled, signals_raise, stop_all
 from ops.progress import Monitor, ProgressView
+from ops.promtext import Scrape, merge, scrape
 from ops.stages import BY_NAME, REPO, STACK, STAGES, Stage
 from reftrain import settings as settings_mod
 from reftrain.adapters import ADAPTER_ENV, DEFAULT_ADAPTER
@@ -123,6 +125,9 @@ class RunConfig:
     plots: bool = True
     #: Fixed ports base+0.. instead of free ones (e.g. 8001 for Prometheus scraping a demo).
     base_port: int | None = None
+    #: Services to kill -9 once each mid-run (``--kill``), in this order, while they have work in
+    #: flight (see ``Killer``); each is restarted at once, as an orchestrator would.
+    kills: tuple[str, ...] = ()
 
 
 @dataclass
@@ -260,6 +265,9 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     monitor: Monitor | None = None
     view: KafkaView | None = None
     summary: dict[str, Any] = {"run id": run_id}
+    killer: Killer | None = None
+    #: instance -> final scrapes of its earlier processes (killed or crashed), oldest first
+    incarnations: dict[str, list[Scrape]] = {}
     service_extra: dict[str, str] = {}
     console.print(f"[bold]reftrain run {run_id}[/bold]: logs and report in {run_dir}")
     try:
@@ -331,12 +339,22 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
             plat = platform
 
             def save_meta() -> None:  # rewritten as processes start, so their pids are on disk early
-                _write_run_json(run_dir, run_id, plat, service_extra, stages_run, procs, summary)
+                _write_run_json(run_dir, run_id, plat, service_extra, stages_run, procs, summary,
+                                kills=killer.plan if killer is not None else None)
 
-            save_meta()
             monitor = Monitor(view, procs, stages_run)
+            mon = monitor
+
+            def retire(p: ServiceProcess) -> None:  # the process ended: its last scrape is an earlier incarnation
+                last = mon.last_scrape.pop(p.instance, None)
+                incarnations.setdefault(p.instance, []).append(last or Scrape(p.metrics_url, ok=False))
+
+            if config.kills:
+                killer = Killer(config.kills, procs, monitor, console, t0, retire)
+                summary["kills (--kill)"] = ", ".join(config.kills)
+            save_meta()
             with ProgressView(monitor, console, enabled=config.progress) as pv:
-                drained, failure = _drive(config, procs, monitor, pv, view, console, save_meta)
+                drained, failure = _drive(config, procs, monitor, pv, view, console, save_meta, killer, retire)
     except Interrupted as exc:
         interrupted = True
         failure = f"interrupted ({exc})"
@@ -351,7 +369,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
         with _signals_ignored(console):
             if monitor is not None:
                 monitor.scrape_all()
-                _save_metrics(run_dir, monitor)
+                _save_metrics(run_dir, monitor, incarnations)
             ended = stop_all(procs, config.grace_s) if procs else {}
             for p in procs:
                 if p.returncode() not in (0, None) and not interrupted and failure is None and p.stage.name == "ingest":
@@ -359,13 +377,19 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     summary.update({"finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                     "duration s": round(time.time() - t0, 1),
                     "drained": "yes" if drained else f"no ({failure or 'timeout'})"})
-    stage_status = _stage_status(stages_run, procs, ended if procs else {}, config)
+    kills = killer.plan if killer is not None else None
+    if kills:
+        summary["kills (--kill)"] = "; ".join(
+            f"{k.instance} (pid {k.pid}) at {k.at_s:.0f} s, {k.phase}, ready again after {k.recovered_s} s: {k.detail}"
+            if k.done else f"{k.service}: {k.detail or 'not done (the run ended first)'}" for k in kills)
+    stage_status = _stage_status(stages_run, procs, ended if procs else {}, config, kills)
     if platform is not None and monitor is not None and procs:
-        _write_run_json(run_dir, run_id, platform, service_extra, stages_run, procs, summary, stage_status)
+        _write_run_json(run_dir, run_id, platform, service_extra, stages_run, procs, summary, stage_status, kills)
         try:
             with signals_raise():
                 console.print("[bold]building the report[/bold] (reading the run's topics)")
-                report = _report(platform, monitor, stages_run, stage_status, service_extra, summary, run_dir, config)
+                report = _report(platform, _stage_metrics(monitor, incarnations), stages_run, stage_status,
+                                 service_extra, summary, run_dir, config, kills)
                 report_mod.render_console(report, console)
                 console.print(f"\nreport: {run_dir / 'report.md'}  (html: report.html, logs: logs/)")
         except Interrupted:
@@ -396,8 +420,142 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
                      round(time.time() - t0, 1))
 
 
+# -- kill -9 mid-run (--kill) ----------------------------------------------------------------------
+#: Stages ``--kill`` may name: the long-running consumers whose restart the report must survive.
+KILLABLE = ("pivots", "inference", "coordinator", "trainer")
+
+
+@dataclass
+class Kill:
+    """One planned kill -9 and what happened (``at_s``: seconds since the run started)."""
+
+    service: str
+    instance: str = ""
+    done: bool = False
+    at_s: float = 0.0
+    phase: str = ""
+    pid: int | None = None
+    detail: str = ""
+    recovered_s: float | None = None
+
+
+class Killer:
+    """kill -9 each named service once, in order, at a moment it has work in flight, and restart it
+    at once (a planned restart: not counted as a crash). Kills are at least ``GAP_S`` apart, and the
+    next does not wait for the previous victim to be ready again (a restart under load can outlast
+    the replay); the drain waits for all of them. Conditions, read from the victim's /metrics:
+
+    * coordinator: refs held in state (``pending_refs`` > 0), during the paced replay;
+    * inference, pivots: it has produced in this process and the paced replay is feeding it;
+    * trainer: mid-batch: at least one checkpoint committed (so its restart re-announces a
+      published version: the repeated-ModelVersion case) and jobs trained since the last committed
+      checkpoint (uncommitted work that the restart must redo from the manifest).
+
+    The killed process's last scrape is kept as an earlier incarnation of the instance (see
+    ``retire``) so the report can sum its counters (docs/semantics.md)."""
+
+    #: After the replay ended, a kill whose condition never came is given up (and reported) after this.
+    GIVE_UP_S = 90.0
+    #: Seconds between two kills.
+    GAP_S = 10.0
+
+    def __init__(self, names: Sequence[str], procs: list[ServiceProcess], monitor: Monitor, console: Console,
+                 t0: float, retire: Callable[[ServiceProcess], None]) -> None:
+        self.plan = [Kill(n) for n in names]
+        self.procs = procs
+        self.monitor = monitor
+        self.console = console
+        self.t0 = t0
+        self.retire = retire
+        #: killed and restarted, not ready yet: (process, its Kill, monotonic time of the kill)
+        self.recovering: list[tuple[ServiceProcess, Kill, float]] = []
+        self.last_kill = -1e9
+        self.replay_done_at: float | None = None
+        #: trainer instance -> (committed checkpoints, jobs trained when that count was first seen)
+        self._commits: dict[str, tuple[float, float]] = {}
+
+    @property
+    def pending(self) -> bool:
+        return any(not k.done and not k.detail for k in self.plan)
+
+    @property
+    def busy(self) -> bool:
+        """A kill is still to come or a victim is not serving again: not drained yet."""
+        return self.pending or bool(self.recovering)
+
+    def tick(self, paced_replay_running: bool, replay_done: bool) -> None:
+        for entry in list(self.recovering):  # restarted victims: when do they serve again
+            p, kill, at = entry
+            if p.ready(timeout=1.0):
+                kill.recovered_s = round(time.monotonic() - at, 1)
+                self.console.print(f"[yellow]{p.instance} ready again {kill.recovered_s:.0f} s after its "
+                                   "kill -9[/yellow]")
+                self.recovering.remove(entry)
+        nxt = next((k for k in self.plan if not k.done and not k.detail), None)
+        if nxt is None or time.monotonic() - self.last_kill < self.GAP_S:
+            return
+        if replay_done:
+            self.replay_done_at = self.replay_done_at or time.monotonic()
+            if time.monotonic() - self.replay_done_at > self.GIVE_UP_S:
+                nxt.detail = f"not done: no moment with work in flight within {self.GIVE_UP_S:.0f} s after the replay"
+                self.console.print(f"[red]kill -9 {nxt.service}: {nxt.detail}[/red]")
+                return
+        for p in self.procs:
+            if p.stage.name != nxt.service or not p.running():
+                continue
+            why = self._in_flight(p, paced_replay_running)
+            if why is not None:
+                self._kill(nxt, p, why, "paced replay" if paced_replay_running else
+                           "draining" if replay_done else "warm-up replay")
+                return
+
+    def _in_flight(self, p: ServiceProcess, paced: bool) -> str | None:
+        """Why ``p`` has work in flight now (from a fresh scrape), or None."""
+        s = scrape(p.metrics_url, timeout=2.0)
+        if not s.ok:
+            return None
+        self.monitor.last_scrape[p.instance] = s
+        name = p.stage.name
+        if name == "trainer":
+            committed = s.total("reftrain_trainer_checkpoints_total", outcome="committed")
+            trained = s.total("reftrain_trainer_jobs_trained_total")
+            seen = self._commits.get(p.instance)
+            if seen is None or seen[0] != committed:
+                self._commits[p.instance] = seen = (committed, trained)
+                return None  # this scrape may be the one right after the commit: wait for more training
+            if committed >= 1 and trained > seen[1]:
+                return (f"mid-batch: {int(trained - seen[1])} jobs trained since its last committed checkpoint "
+                        f"({int(committed)} committed, {int(trained)} trained in this process)")
+            return None
+        if not paced:
+            return None
+        if name == "coordinator":
+            pending = s.total("reftrain_coordinator_pending_refs")
+            return f"{int(pending)} refs in state, replay feeding it" if pending > 0 else None
+        produced = sum(s.total("reftrain_messages_produced_total", topic=t) for t in p.stage.outputs)
+        return f"{int(produced)} messages produced, replay feeding it" if produced > 0 else None
+
+    def _kill(self, kill: Kill, p: ServiceProcess, why: str, phase: str) -> None:
+        kill.instance, kill.pid, kill.phase = p.instance, p.pid, phase
+        kill.at_s = round(time.time() - self.t0, 1)
+        p.signal(signal.SIGKILL)
+        if p.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.proc.wait(10)
+        kill.done = not p.running() and p.returncode() == -signal.SIGKILL
+        kill.detail = why if kill.done else f"kill -9 failed (exit {p.returncode()})"
+        self.console.print(f"[bold yellow]kill -9 {p.instance} (pid {kill.pid}) at {kill.at_s:.0f} s, {phase}: "
+                           f"{why}; restarting it[/bold yellow]", highlight=False)
+        self.retire(p)
+        p.close_log()
+        p.start()  # planned: restarted at once, not a crash
+        self.last_kill = time.monotonic()
+        self.recovering.append((p, kill, self.last_kill))
+
+
 def _drive(config: RunConfig, procs: list[ServiceProcess], monitor: Monitor, pv: ProgressView, view: KafkaView,
-           console: Console, started: Callable[[], None]) -> tuple[bool, str | None]:
+           console: Console, started: Callable[[], None], killer: Killer | None = None,
+           retire: Callable[[ServiceProcess], None] | None = None) -> tuple[bool, str | None]:
     """Start consumers, wait until ready, start ingest, then wait for the drain. (drained, failure)."""
     consumers = [p for p in procs if not p.stage.replay]
     replayers = [p for p in procs if p.stage.replay]
@@ -411,7 +569,7 @@ def _drive(config: RunConfig, procs: list[ServiceProcess], monitor: Monitor, pv:
         pending = [p for p in pending if not p.ready()]
         for p in consumers:
             if not p.running():
-                if not _restart(p, config, console):
+                if not _restart(p, config, console, retire):
                     return False, f"{p.instance} exited with {p.returncode()}; log {p.log_path}:\n{p.log_tail()}"
                 started()
         if time.monotonic() > deadline:
@@ -433,12 +591,12 @@ def _drive(config: RunConfig, procs: list[ServiceProcess], monitor: Monitor, pv:
     while True:
         for p in consumers:
             if not p.running():
-                if not _restart(p, config, console):
+                if not _restart(p, config, console, retire):
                     return False, f"{p.instance} exited with {p.returncode()}; log {p.log_path}:\n{p.log_tail()}"
                 started()
         if not current.running():
             if current.returncode() != 0:
-                if not _restart(current, config, console):
+                if not _restart(current, config, console, retire):
                     return False, (f"{current.instance} exited with {current.returncode()}; log {current.log_path}:"
                                    f"\n{current.log_tail()}")
                 started()
@@ -450,12 +608,21 @@ def _drive(config: RunConfig, procs: list[ServiceProcess], monitor: Monitor, pv:
         replay_done = not queue and not current.running()
         if replay_done:
             monitor.phase = "draining"
+        if killer is not None:
+            before = sum(k.done for k in killer.plan)
+            killer.tick(paced_replay_running=current.running() and current.instance == "ingest",
+                        replay_done=replay_done)
+            if sum(k.done for k in killer.plan) != before:
+                started()
+            busy = killer.busy
+        else:
+            busy = False
         try:
             pv.show(monitor.snapshot())
             ends = _all_ends(view, monitor)
             if ends != last_ends:
                 last_ends, last_change = ends, time.monotonic()
-            if (replay_done and time.monotonic() - last_change >= config.idle_s
+            if (replay_done and not busy and time.monotonic() - last_change >= config.idle_s
                     and _no_lag(view, monitor, consumers)):
                 monitor.phase = "drained"
                 pv.show(monitor.snapshot())
@@ -475,7 +642,8 @@ def _drive(config: RunConfig, procs: list[ServiceProcess], monitor: Monitor, pv:
         time.sleep(1.0)
 
 
-def _restart(p: ServiceProcess, config: RunConfig, console: Console) -> bool:
+def _restart(p: ServiceProcess, config: RunConfig, console: Console,
+             retire: Callable[[ServiceProcess], None] | None = None) -> bool:
     """Restart a crashed instance with back-off (1, 2, 4 ... s); False when its restarts are used up.
 
     Any exit of a long-running consumer is a crash (only SIGTERM stops them, and only at the end)."""
@@ -485,6 +653,8 @@ def _restart(p: ServiceProcess, config: RunConfig, console: Console) -> bool:
     console.print(f"[yellow]{p.instance} exited with {rc}; restarting ({len(p.crashes) + 1}/{config.max_restarts})"
                   f"[/yellow] - last log lines:\n{p.log_tail(3)[-600:]}", highlight=False)
     time.sleep(min(2 ** len(p.crashes), 8))
+    if retire is not None:
+        retire(p)
     p.restart()
     return True
 
@@ -504,20 +674,41 @@ def _no_lag(view: KafkaView, monitor: Monitor, consumers: list[ServiceProcess]) 
     return True
 
 
-def _save_metrics(run_dir: Path, monitor: Monitor) -> None:
+def _save_metrics(run_dir: Path, monitor: Monitor, incarnations: dict[str, list[Scrape]] | None = None) -> None:
+    """metrics/<instance>.prom: the last process's final scrape; metrics/incarnations/<instance>.<n>.prom:
+    the earlier processes' (killed or crashed), which the report sums (ops.report.merge_incarnations)."""
     folder = run_dir / "metrics"
     folder.mkdir(parents=True, exist_ok=True)
     for instance, s in monitor.last_scrape.items():
         (folder / f"{instance}.prom").write_text(s.text)
+    for instance, scrapes in (incarnations or {}).items():
+        (folder / "incarnations").mkdir(exist_ok=True)
+        for n, s in enumerate(scrapes, 1):
+            (folder / "incarnations" / f"{instance}.{n}.prom").write_text(s.text)
+
+
+def _stage_metrics(monitor: Monitor, incarnations: dict[str, list[Scrape]]) -> dict[str, Scrape]:
+    """Stage -> its instances' final /metrics, each summed over its process incarnations."""
+    out = {}
+    for st in STAGES:
+        per_instance = [report_mod.merge_incarnations([*incarnations.get(p.instance, []),
+                                                       monitor.last_scrape[p.instance]])
+                        for p in monitor.instances(st.name) if p.instance in monitor.last_scrape]
+        if per_instance:
+            out[st.name] = merge(per_instance)
+    return out
 
 
 def _stage_status(stages_run: dict[str, bool], procs: list[ServiceProcess], ended: dict[str, str],
-                  config: RunConfig) -> list[report_mod.StageStatus]:
+                  config: RunConfig, kills: Sequence[Kill] | None = None) -> list[report_mod.StageStatus]:
     out = []
+    killed = {k.instance: k for k in kills or () if k.done}
     for st in STAGES:
         inst = [{"instance": p.instance, "pid": p.pid, "port": p.port,
                  "ended": ended.get(p.instance, "?") + (f"; restarted after exit {', '.join(map(str, p.crashes))}"
-                                                        if p.crashes else ""),
+                                                        if p.crashes else "")
+                 + (f"; kill -9 (--kill) of pid {killed[p.instance].pid} at {killed[p.instance].at_s:.0f} s, "
+                    "restarted" if p.instance in killed else ""),
                  "restarts": len(p.crashes)}
                 for p in procs if p.stage.name == st.name]
         note = "" if stages_run[st.name] else ("skipped (--skip)" if st.name in config.skip else
@@ -528,7 +719,7 @@ def _stage_status(stages_run: dict[str, bool], procs: list[ServiceProcess], ende
 
 def _write_run_json(run_dir: Path, run_id: str, platform: PlatformSettings, extra: dict[str, str],
                     stages_run: dict[str, bool], procs: list[ServiceProcess], summary: dict[str, Any],
-                    stages: list[report_mod.StageStatus] | None = None) -> None:
+                    stages: list[report_mod.StageStatus] | None = None, kills: Sequence[Kill] | None = None) -> None:
     """What ``python -m ops.report --run <dir>`` needs to rebuild the report later."""
     stages = stages or [report_mod.StageStatus(s.name, stages_run[s.name]) for s in STAGES]
     (run_dir / "run.json").write_text(json.dumps({
@@ -536,20 +727,22 @@ def _write_run_json(run_dir: Path, run_id: str, platform: PlatformSettings, extr
         "stages": [asdict(s) for s in stages],
         "pids": {p.instance: p.pid for p in procs},
         "all_pids": {p.instance: p.all_pids for p in procs},
+        **({"kills": [asdict(k) for k in kills]} if kills else {}),
     }, indent=1))
 
 
-def _report(platform: PlatformSettings, monitor: Monitor, stages_run: dict[str, bool],
+def _report(platform: PlatformSettings, metrics: dict[str, Scrape], stages_run: dict[str, bool],
             stages: list[report_mod.StageStatus], extra: dict[str, str], summary: dict[str, Any], run_dir: Path,
-            config: RunConfig) -> report_mod.Report:
+            config: RunConfig, kills: Sequence[Kill] | None = None) -> report_mod.Report:
     from services.coordinator.settings import load as coordinator_settings
     from services.pivots.settings import load as pivot_settings
 
-    inp = report_mod.collect(platform, metrics=monitor.by_stage(), stages_run=stages_run,
+    inp = report_mod.collect(platform, metrics=metrics, stages_run=stages_run,
                              join_config=coordinator_settings(extra).join_config(),
                              strengths=pivot_settings(extra).strengths)
     report = report_mod.build(inp, title=f"reftrain run {summary['run id']}", meta=summary, stages=stages,
-                              out_dir=run_dir, with_plots=config.plots)
+                              out_dir=run_dir, with_plots=config.plots,
+                              kills=[asdict(k) for k in kills] if kills else None)
     report_mod.write(report, run_dir)
     return report
 
@@ -608,18 +801,26 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     ap.add_argument("--base-port", type=int, help="fixed HTTP ports from this one (default: free ports)")
     ap.add_argument("--keep-stack", action="store_true", help="leave a stack this run started running")
     ap.add_argument("--cleanup", action="store_true", help="delete the run's topics and catalog afterwards")
+    ap.add_argument("--kill", default="", metavar="SERVICE,...",
+                    help=f"kill -9 each named service once mid-run, while it has work in flight, and restart it "
+                         f"(any of {', '.join(KILLABLE)}; e.g. coordinator,inference,trainer)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args(argv)
     if a.trainers < 1:
         ap.error("--trainers must be >= 1")
+    kills = tuple(k.strip() for k in a.kill.split(",") if k.strip())
+    if bad := [k for k in kills if k not in KILLABLE]:
+        ap.error(f"--kill: {', '.join(bad)} not one of {', '.join(KILLABLE)}")
+    if len(set(kills)) != len(kills):
+        ap.error("--kill: each service once")
     return RunConfig(files=tuple(a.files), candles=a.candles, warmup=a.warmup, trainers=a.trainers, speed=a.speed,
                      idle_s=a.idle,
                      timeout_s=a.timeout, out_root=a.out, run_id=a.run_id, keep_stack=a.keep_stack,
                      cleanup=a.cleanup, env={**dict(a.env), **({ADAPTER_ENV: a.adapter} if a.adapter else {})},
                      skip=tuple(a.skip),
                      require=tuple(s.name for s in STAGES) if a.require_all else (), progress=not a.no_progress,
-                     plots=not a.no_plots, base_port=a.base_port)
+                     plots=not a.no_plots, base_port=a.base_port, kills=kills)
 
 
 def console() -> Console:

@@ -40,7 +40,8 @@ GAPPED_WINDOWS = Counter(
 MODEL_LOADS = Counter(
     "reftrain_inference_model_loads_total",
     "Model changes: seed (version 0), store (newest version at start), hot_reload, stale (ignored), failed, "
-    "filtered (key not in INFERENCE_SERIES), sha256_mismatch / adapter_mismatch (refused checkpoints)",
+    "filtered (key not in INFERENCE_SERIES), sha256_mismatch / adapter_mismatch (refused checkpoints), conflict "
+    "(a known version announced with another checkpoint: refused; an identical repeat counts as stale)",
     ["outcome"],
 )
 STORE_READ_SECONDS = Histogram(

@@ -17,10 +17,19 @@
   checked on the raw bytes before anything is parsed: no torch or adapter loader sees them) are
   refused the same way and counted in ``reftrain_inference_model_loads_total{outcome}``.
   ``checkpoint_path`` is relative to the store's data path and must stay inside it.
+* Idempotence (docs/semantics.md, "Repeated ModelVersions"): a ModelVersion is identified by
+  (model_key, version, checkpoint): the trainer may announce a committed version more than once
+  (it re-announces its partitions' versions on every assignment, e.g. after a kill -9). A repeat
+  naming the same checkpoint (same ``checkpoint_path``, and the same ``checkpoint_sha256`` where
+  both are known) is one version: ignored, counted ``stale``, never reloaded. A message that names
+  ANOTHER checkpoint for a version this instance has already seen is refused: counted
+  ``conflict``, ``InvalidRecordError("model_version_conflict")`` -> dead letter, model kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +65,26 @@ class LoadedModel:
     version: int
     adapter: TrainingAdapter
     checkpoint_path: str | None = None
+    checkpoint_sha256: str | None = None
+
+
+#: Versions remembered per key for the conflict check (the newest ones; older repeats are stale).
+SEEN_PER_KEY = 256
+
+
+@dataclass(frozen=True)
+class VersionIdentity:
+    """What makes two ModelVersions of one (model_key, version) the same version."""
+
+    checkpoint_path: str
+    checkpoint_sha256: str | None
+
+    def same(self, other: VersionIdentity) -> bool:
+        """Same checkpoint: the paths agree and, where both messages carry one, the checksums."""
+        if self.checkpoint_path != other.checkpoint_path:
+            return False
+        a, b = self.checkpoint_sha256, other.checkpoint_sha256
+        return a is None or b is None or a.lower() == b.lower()
 
 
 class ModelRegistry:
@@ -65,6 +94,8 @@ class ModelRegistry:
         self.adapter_cls = adapter or load_adapter()
         self._seed_net: TrainingAdapter | None = None
         self._current: dict[str, LoadedModel] = {}
+        #: model key -> version -> the checkpoint it named (loaded or announced), for the conflict check
+        self._seen: dict[str, dict[int, VersionIdentity]] = {}
 
     # -- lookups -------------------------------------------------------------------------------
     def seed_model(self) -> TrainingAdapter:
@@ -106,8 +137,20 @@ class ModelRegistry:
         """
         key, version = mv["model_key"], int(mv["version"])
         in_use = self.current(key)
+        ident = VersionIdentity(str(mv["checkpoint_path"]), mv.get("checkpoint_sha256") or None)
+        known = self._seen.get(key, {}).get(version)
+        if known is not None and not known.same(ident):
+            metrics.MODEL_LOADS.labels("conflict").inc()
+            log.error("ModelVersion repeats a known version with another checkpoint; refused",
+                      extra={"model_key": key, "version": version, "checkpoint": ident.checkpoint_path,
+                             "sha256": ident.checkpoint_sha256, "known_checkpoint": known.checkpoint_path,
+                             "known_sha256": known.checkpoint_sha256})
+            raise InvalidRecordError(
+                "model_version_conflict",
+                f"{key} v{version}: {ident.checkpoint_path} (sha256 {ident.checkpoint_sha256}) but this version "
+                f"was {known.checkpoint_path} (sha256 {known.checkpoint_sha256})")
         if version <= in_use.version:
-            metrics.MODEL_LOADS.labels("stale").inc()
+            metrics.MODEL_LOADS.labels("stale").inc()  # older, or the same version again (one version)
             return False
         kind = mv.get("adapter")
         if kind and kind != self.adapter_cls.kind():
@@ -121,8 +164,15 @@ class ModelRegistry:
                                               "checkpoint": mv["checkpoint_path"]})
         return True
 
+    def _remember(self, key: str, version: int, ident: VersionIdentity) -> None:
+        seen = self._seen.setdefault(key, {})
+        seen[version] = ident
+        if len(seen) > SEEN_PER_KEY:
+            del seen[min(seen)]
+
     def forget(self, key: str) -> None:
         """Partition revoked: drop the key (a new owner, or a new session, starts from the store)."""
+        self._seen.pop(key, None)
         if self._current.pop(key, None) is not None:
             metrics.MODEL_VERSION.remove(key)
 
@@ -132,6 +182,8 @@ class ModelRegistry:
 
     def _set(self, model: LoadedModel) -> None:
         self._current[model.key] = model
+        if model.checkpoint_path is not None:
+            self._remember(model.key, model.version, VersionIdentity(model.checkpoint_path, model.checkpoint_sha256))
         metrics.MODEL_VERSION.labels(model.key).set(model.version)
 
     def resolve(self, checkpoint_path: str) -> Path:
@@ -163,4 +215,7 @@ class ModelRegistry:
             raise InvalidRecordError(
                 "checkpoint_mismatch",
                 f"{path} holds {meta.get('model_key')!r} v{meta.get('version')}, expected {key!r} v{version}")
-        return LoadedModel(key, version, net, checkpoint_path)
+        if not sha256:  # loaded from the store's row (no checksum there): the file's own, for the repeat check
+            with contextlib.suppress(OSError):
+                sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        return LoadedModel(key, version, net, checkpoint_path, sha256 or None)

@@ -348,3 +348,31 @@ def test_a_checkpoint_of_another_adapter_or_scheme_is_refused_with_a_clear_error
         proc.process(model_version_record(KEY, 1, rel, adapter=OtherAdapter.kind()), FakeCtx())  # type: ignore[arg-type]
     assert value(metrics.MODEL_LOADS, "adapter_mismatch") == before + 2
     assert proc.model_versions() == {KEY: 0}
+
+
+def test_a_repeated_model_version_is_one_version_and_a_conflicting_repeat_is_refused(
+        tmp_path: Path, btc: list[Candle]) -> None:
+    """docs/semantics.md "Repeated ModelVersions": the trainer re-announces committed versions (e.g.
+    after a kill -9); the same (key, version, checkpoint) again is ignored, another checkpoint for a
+    version already seen is refused (dead letter), counted, and the model in use is kept."""
+    store = MemStore(tmp_path, btc[:620])
+    rel1 = checkpoint(store, KEY, 1, seed=1)
+    sha1 = hashlib.sha256((Path(store.data_path) / rel1).read_bytes()).hexdigest()
+    other = checkpoint(store, KEY, 9, seed=9)  # another file (its meta says v9: never loaded here)
+    proc, _ = make(store)
+    ctx = FakeCtx()
+    loads, stale, conflict = (value(metrics.MODEL_LOADS, o) for o in ("hot_reload", "stale", "conflict"))
+    for _ in range(3):
+        proc.process(model_version_record(KEY, 1, rel1, sha256=sha1), ctx)  # type: ignore[arg-type]
+    assert value(metrics.MODEL_LOADS, "hot_reload") == loads + 1  # loaded once
+    assert value(metrics.MODEL_LOADS, "stale") == stale + 2
+    for bad in (model_version_record(KEY, 1, rel1, sha256="f" * 64),  # same file named, other checksum
+                model_version_record(KEY, 1, other, sha256=sha1)):  # another file
+        with pytest.raises(InvalidRecordError) as err:
+            proc.process(bad, ctx)  # type: ignore[arg-type]
+        assert err.value.reason == "model_version_conflict"
+    assert value(metrics.MODEL_LOADS, "conflict") == conflict + 2
+    assert proc.model_versions() == {KEY: 1}
+    # a repeat without a checksum (an older producer) naming the same file is the same version
+    proc.process(model_version_record(KEY, 1, rel1), ctx)  # type: ignore[arg-type]
+    assert value(metrics.MODEL_LOADS, "conflict") == conflict + 2

@@ -6,14 +6,16 @@ catches the fault it exists for (a lost job, a duplicate, a job the oracle does 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from ops.analysis import FAIL, PASS, Analysis, Inputs, percentiles
+from ops.analysis import FAIL, PASS, REPEAT_CHECK, Analysis, Inputs, percentiles
 from ops.kafkaview import Msg
 from ops.promtext import parse
 from reftrain.records import inference_id, series_key
+from services.coordinator.join_config import JoinConfig
 from services.coordinator.oracle import batch_join
 from services.pivots.detector import detect_pivots
 from tests.support import real_candles
@@ -107,6 +109,44 @@ def test_lost_duplicate_and_unknown_jobs_fail_exactly_once(inputs: Inputs) -> No
     assert a.exactly_once()["extra"] == 1
 
 
+def test_missing_jobs_of_a_late_ref_are_explained_only_with_the_coordinators_late_count(inputs: Inputs) -> None:
+    """A ref the coordinator ignored as late (join.py: its series' candles were more than S bars
+    ahead when it arrived, e.g. predicted after an inference outage) has no jobs: exactly-once
+    holds against the oracle of the ACCEPTED inputs, if the coordinator counted that many late refs
+    and the topics show the ref could have been late. Any other missing job still fails."""
+    refs = inputs.messages["inference-refs"]
+    first = refs[0].value
+    assert first is not None
+    last_candle = inputs.messages["candles"][-1]
+    # published when the candles topic was 100 bars (> S = 50) past the ref's window end
+    late_ref = Msg(refs[0].topic, 0, refs[0].offset, last_candle.timestamp, None, first)
+    jobs = inputs.messages["training-jobs"]
+    kept = [m for m in jobs if (m.value or {})["ref"]["inference_id"] != first["inference_id"]]
+    assert len(jobs) - len(kept) > 0
+    name = "exactly-once: job ids == oracle batch_join"
+
+    def run(ref_msg: Msg, job_msgs: list[Msg], late: int) -> tuple[str, dict[str, Any]]:
+        inp = copy.copy(inputs)
+        inp.join_config = JoinConfig(max_lag_bars=50)
+        inp.messages = {**inputs.messages, "inference-refs": [ref_msg, *refs[1:]], "training-jobs": job_msgs}
+        inp.metrics = {"coordinator": parse(f'reftrain_coordinator_late_inputs_total{{kind="ref"}} {late}\n')}
+        a = Analysis(inp)
+        eo = a.exactly_once()
+        return _status(a, name), eo
+
+    status, eo = run(late_ref, kept, late=1)
+    assert status == PASS, eo
+    assert eo["missing"] == len(jobs) - len(kept) and eo["late_attribution"]["refs"] == 1
+    assert run(late_ref, kept, late=0)[0] == FAIL  # the coordinator did not ignore any ref
+    # published before the candles were S ahead (the fixture's candles span 7 s: well before them)
+    early = Msg(refs[0].topic, 0, refs[0].offset, inputs.messages["candles"][0].timestamp - 60_000, None, first)
+    assert run(early, kept, late=1)[0] == FAIL
+    # one job lost of a ref that has others: not a late ref, whatever the counters say
+    per_ref = Counter((m.value or {})["ref"]["inference_id"] for m in kept)
+    victim = next(i for i, m in enumerate(kept) if per_ref[(m.value or {})["ref"]["inference_id"]] > 1)
+    assert run(late_ref, kept[:victim] + kept[victim + 1:], late=5)[0] == FAIL
+
+
 def test_a_version_that_saw_later_outcomes_is_not_scored(inputs: Inputs) -> None:
     """Jobs published BEFORE version 1 resolve after some v1 refs: those refs are excluded."""
     inp = copy.copy(inputs)
@@ -115,6 +155,27 @@ def test_a_version_that_saw_later_outcomes_is_not_scored(inputs: Inputs) -> None
     acc = Analysis(inp).training()["accuracy"]
     assert acc["excluded_leak"] > 0
     assert all(v == 0 for v in acc["by_version"])
+
+
+def test_a_repeated_model_version_counts_once_and_a_conflicting_one_fails(inputs: Inputs) -> None:
+    """docs/semantics.md "Repeated ModelVersions": the trainer's re-announcement of a committed
+    version (same checkpoint) is one version; the same version naming another checkpoint FAILs."""
+    (mv,) = inputs.messages["model-versions"]
+    assert mv.value is not None
+    same = Msg(mv.topic, 0, 1, mv.timestamp + 50, None, dict(mv.value, checkpoint_sha256=None))
+    inp = copy.copy(inputs)
+    inp.messages = {**inputs.messages, "model-versions": [mv, same]}
+    a = Analysis(inp)
+    s = a.sections()
+    assert s["counts"]["messages"]["model-versions"] == 2 and s["counts"]["distinct"]["model-versions"] == 1
+    assert s["training"]["version_repeats"]["identical_repeats"] == 1
+    assert s["training"]["models"]["BTCUSDT:1m"]["versions"] == 1
+    assert [c.name for c in a.checks if c.status != PASS] == []
+    other = Msg(mv.topic, 0, 2, mv.timestamp + 60, None, dict(mv.value, checkpoint_path="y"))
+    inp.messages = {**inputs.messages, "model-versions": [mv, same, other]}
+    a = Analysis(inp)
+    assert a.training()["version_repeats"]["conflicts"] == ["BTCUSDT:1m v1: x (?) vs y (?)"]
+    assert _status(a, REPEAT_CHECK) == FAIL
 
 
 def test_percentiles_nearest_rank() -> None:
