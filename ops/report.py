@@ -240,7 +240,7 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                  for st in report.stages]))
     if s.get("kills"):
         out.append(("Kills (ops.run --kill)", ["service", "instance", "at s", "phase", "pid", "done", "detail"],
-                    [[k["service"], k["instance"], f"{k['at_s']:.1f}", k.get("phase", ""), _fmt(k.get("pid")),
+                    [[k["service"], k["instance"], f"{k['at_s']:.1f}", k.get("phase", ""), str(k.get("pid") or "-"),
                       "yes" if k.get("done") else "NO", k.get("detail", "")] for k in s["kills"]]))
     c = s.get("counts", {})
     if c:

@@ -458,6 +458,8 @@ class Killer:
     GIVE_UP_S = 90.0
     #: Seconds between two kills.
     GAP_S = 10.0
+    #: Seconds between the two scrapes that show a trainer mid-batch.
+    MID_BATCH_PROBE_S = 1.0
 
     def __init__(self, names: Sequence[str], procs: list[ServiceProcess], monitor: Monitor, console: Console,
                  t0: float, retire: Callable[[ServiceProcess], None]) -> None:
@@ -471,8 +473,6 @@ class Killer:
         self.recovering: list[tuple[ServiceProcess, Kill, float]] = []
         self.last_kill = -1e9
         self.replay_done_at: float | None = None
-        #: trainer instance -> (committed checkpoints, jobs trained when that count was first seen)
-        self._commits: dict[str, tuple[float, float]] = {}
 
     @property
     def pending(self) -> bool:
@@ -517,15 +517,22 @@ class Killer:
         self.monitor.last_scrape[p.instance] = s
         name = p.stage.name
         if name == "trainer":
+            # two scrapes a moment apart with the same committed count and more jobs trained: jobs
+            # went through the optimiser after its last commit (uncommitted work in flight now)
             committed = s.total("reftrain_trainer_checkpoints_total", outcome="committed")
             trained = s.total("reftrain_trainer_jobs_trained_total")
-            seen = self._commits.get(p.instance)
-            if seen is None or seen[0] != committed:
-                self._commits[p.instance] = seen = (committed, trained)
-                return None  # this scrape may be the one right after the commit: wait for more training
-            if committed >= 1 and trained > seen[1]:
-                return (f"mid-batch: {int(trained - seen[1])} jobs trained since its last committed checkpoint "
-                        f"({int(committed)} committed, {int(trained)} trained in this process)")
+            if committed < 1:
+                return None
+            time.sleep(self.MID_BATCH_PROBE_S)
+            s2 = scrape(p.metrics_url, timeout=2.0)
+            if not s2.ok:
+                return None
+            self.monitor.last_scrape[p.instance] = s2
+            committed2 = s2.total("reftrain_trainer_checkpoints_total", outcome="committed")
+            trained2 = s2.total("reftrain_trainer_jobs_trained_total")
+            if committed2 == committed and trained2 > trained:
+                return (f"mid-batch: {int(trained2 - trained)} jobs trained since its last committed checkpoint "
+                        f"({int(committed2)} committed, {int(trained2)} trained in this process)")
             return None
         if not paced:
             return None
