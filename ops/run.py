@@ -3,6 +3,7 @@
     python -m ops.run                          # last 1500 candles of BTCUSDT and ETHUSDT 1m (2025-10-29 files)
     python -m ops.run --candles 0 --trainers 2 # the whole files, two trainer replicas
     python -m ops.run --files BTCUSDT-1m-2025-09-22_2025-09-25.csv ETHUSDT-1m-2025-09-22_2025-09-25.csv
+    python -m ops.run --kill coordinator,inference,trainer   # kill -9 each once mid-run (make run-kill)
 
 What it does, in order:
 
