@@ -35,7 +35,8 @@ def _refused(cat: str, environ: dict[str, str], sql: str = "select 1") -> str:
 
 def test_no_connection_without_the_right_password(scram: dict[str, str]) -> None:
     cat = scram["STORE_CATALOG"]
-    no_secrets = {k: v for k, v in scram.items() if k not in ("STORE_CATALOG_PASSWORD_FILE", "PGPASSWORD", "PGPASSFILE")}
+    no_secrets = {k: v for k, v in scram.items()
+                  if k not in ("STORE_CATALOG_PASSWORD_FILE", "PGPASSWORD", "PGPASSFILE")}
     assert "no password supplied" in _refused(cat, no_secrets)
     assert "password authentication failed" in _refused(cat + " password=not-the-password", scram)
     assert catalog.query(cat, "select current_user", environ=scram).strip() == catalog.params(cat)["user"]
@@ -82,3 +83,51 @@ def test_registry_role_owns_only_the_registry_database(scram: dict[str, str]) ->
                            environ=scram, dbname="registry").split()
     assert owners == ["registry"], owners
     assert 'permission denied for database "reftrain"' in _refused(catalog.with_database(reg, "reftrain"), reg_env)
+
+
+def test_compose_and_k8s_role_script_on_a_real_server() -> None:
+    """deploy/docker/postgres-init/01-databases.sql (compose's first boot; the k8s set-up) on a
+    throw-away PostgreSQL: refuses to run without the passwords, then makes the two roles without
+    any privilege beyond their own database."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    if not bins:
+        pytest.skip("no PostgreSQL server binaries (deploy/local/stack.sh deps installs them)")
+    bindir = bins[0].parent
+    as_pg: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="reftrain-roles-"))  # pytest's tmp_path is not the postgres user's
+    if as_pg:
+        shutil.chown(folder, "postgres")
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True, cwd="/")
+    # the server's output to a file: an inherited pipe would keep this call waiting for ever
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
+                    "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    script = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "postgres-init" / "01-databases.sql"
+    psql = [catalog.psql_binary(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port), "-U",
+            "postgres"]
+    try:
+        bare = {k: v for k, v in os.environ.items() if not k.endswith("_DB_PASSWORD")}
+        res = subprocess.run([*psql, "-f", str(script)], env=bare, capture_output=True, text=True)
+        assert res.returncode == 3 and "CATALOG_DB_PASSWORD is not set" in res.stderr
+        env = {**bare, "CATALOG_DB_PASSWORD": "cat-pw", "REGISTRY_DB_PASSWORD": "reg-pw"}
+        subprocess.run([*psql, "-f", str(script)], env=env, check=True, capture_output=True)
+        out = subprocess.run([*psql, "-tAc", "select rolname, rolsuper, rolcreatedb, rolcreaterole, "
+                              "rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname in "
+                              "('reftrain', 'registry') order by 1; select datname, pg_get_userbyid(datdba), "
+                              "has_database_privilege('registry', 'reftrain', 'CONNECT'), "
+                              "has_database_privilege('reftrain', 'registry', 'CONNECT') from pg_database "
+                              "where datname in ('reftrain', 'registry') order by 1"],
+                             env=env, check=True, capture_output=True, text=True).stdout.split()
+        assert out == ["reftrain|f|f|f|t", "registry|f|f|f|t", "reftrain|reftrain|f|f", "registry|registry|f|f"]
+    finally:
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -341,7 +341,8 @@ def test_stop_from_the_callback_with_messages_buffered(load_real: Loader) -> Non
     assert stats.closed == 5
 
 
-def test_a_silent_connection_is_closed_reopened_and_counted(load_real: Loader, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_silent_connection_is_closed_reopened_and_counted(load_real: Loader,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     """The server accepts, sends one real candle, then goes silent while still answering pings (a
     stuck stream: websockets' ping timeout never fires). Without the idle timeout the client would
     wait forever; with it, the connection is closed after ``idle_timeout``, counted, logged and
