@@ -261,6 +261,8 @@ class EventTimeAligned:
         caught_up = self._caught_up(consumer)
         budget = [self._batch_size]
         order = sorted(self._parts)
+        if not order:
+            return
         self._steps += 1
         k = self._steps % len(order)  # rotate, so a busy partition cannot starve the others
         for p in order[k:] + order[:k]:
