@@ -243,8 +243,6 @@ class CheckpointOffsets:
             next_offset = self.checkpoints.load(tp.partition, session.ctx)
             tp.offset = next_offset if next_offset is not None else OFFSET_BEGINNING
         session.consumer.assign(partitions)  # the checkpoint's offsets, not the group's
-        log.info("partitions positioned at their checkpoints",
-                 extra={"partitions": {tp.partition: tp.offset for tp in partitions}})
         return {}
 
     def accepts(self, partition: int, offset: int) -> bool:

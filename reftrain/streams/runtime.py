@@ -26,7 +26,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from reftrain import observability as obs
@@ -58,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two exports of the consumer lag.
 LAG_EXPORT_S = 5.0
+#: How the assignment log names a start position that is not an offset.
+START_LABELS: dict[int, str] = {OFFSET_INVALID: "committed", OFFSET_BEGINNING: "earliest"}
 
 
 class Context:
@@ -272,7 +282,11 @@ class StreamApp:
             self.processor.assigned(p, state)
             self.assigned.add(p)
         self.release.assigned(consumer, partitions)
-        log.info("partitions assigned", extra={"partitions": sorted(numbers), "group": self.group})
+        # partition -> where it starts: an offset (the commit policy chose it, e.g. a checkpoint's),
+        # "committed" (the group's committed offset) or "earliest"
+        starts = {str(tp.partition): START_LABELS.get(tp.offset, tp.offset) for tp in sorted(
+            partitions, key=lambda tp: tp.partition)}
+        log.info("partitions assigned", extra={"partitions": starts, "group": self.group})
         self._ready_after_assign = True
         if self.on_rebalanced:
             self.on_rebalanced(set(self.assigned))
