@@ -1,9 +1,9 @@
 """``python -m services.coordinator``: inference-refs + candles + pivots -> training-jobs.
 
 Wiring only; the join is in join.py (pure engine), processor.py (engine per partition, changelog,
-metrics), aligned.py (event-time alignment of the three inputs, exactly-once loop) and settings.py
-(``COORDINATOR_*``). Platform settings (broker, registry, ``TOPIC_PREFIX``, ``INSTANCE_ID``,
-``HTTP_PORT``) come from reftrain.settings.
+metrics), app.py (the runtime's StreamApp with event-time aligned release and a Kafka transaction
+per unit of work: reftrain/streams) and settings.py (``COORDINATOR_*``). Platform settings
+(broker, registry, ``TOPIC_PREFIX``, ``INSTANCE_ID``, ``HTTP_PORT``) come from reftrain.settings.
 """
 
 from __future__ import annotations

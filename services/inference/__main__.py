@@ -27,7 +27,7 @@ def body(rt: service.Runtime) -> None:
 
     from reftrain.model import select_device
     from reftrain.store import Store
-    from reftrain.streams import StreamApp
+    from reftrain.streams import ArrivalOrder, KafkaTransaction, StreamApp
     from services.inference.models import ModelRegistry
     from services.inference.processor import InferenceProcessor
 
@@ -48,7 +48,8 @@ def body(rt: service.Runtime) -> None:
         processor = InferenceProcessor(store, registry, window_size=settings.window, horizon=settings.horizon,
                                        series=settings.series, max_predict_batch=settings.max_predict_batch)
         app = StreamApp(SPEC.name, rt.platform, list(SPEC.inputs), group=group, processor=processor,
-                        stateful=False, batch_size=settings.batch_size)
+                        stateful=False, batch_size=settings.batch_size, release=ArrivalOrder(),
+                        commit=KafkaTransaction())
         app.run(rt.stop, rt.health)
     finally:
         store.close()

@@ -19,15 +19,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from reftrain import observability as obs
-from reftrain.errors import DecodeError, InvalidRecordError, KafkaBoundaryError
+from reftrain.errors import DecodeError, InvalidRecordError
 from reftrain.records import Candle, candle_series
 from reftrain.schemas import CONTENT_TYPE_HEADER
 from reftrain.serde import AvroSerde
 from reftrain.settings import PlatformSettings
-from reftrain.streams import consumer_config, message_headers, producer_config
+from reftrain.streams import Deliveries, consumer_config, message_headers, produce, producer_config, read_span
 from services.ingest.spec import SERVICE
 
 log = logging.getLogger(__name__)
@@ -94,42 +94,27 @@ class DeadRow:
 
 class KafkaPublisher:
     """Produces candles (Avro, key = series, content-type header) and dead rows (JSON + error
-    headers) and returns only when the broker acknowledged all of them: a failed delivery raises."""
+    headers) and returns only when the broker acknowledged all of them: a failed delivery raises.
+    Producer set-up and delivery accounting are the runtime's (reftrain.streams)."""
 
     def __init__(self, platform: PlatformSettings, serde: AvroSerde, dlq_topic: str) -> None:
         self.serde = serde
         self.topic = serde.topic
         self.dlq_topic = dlq_topic
-        self._config = producer_config(platform, **{"client.id": f"{platform.topic_prefix}ingest"})
+        self.deliveries = Deliveries()
+        self._config = producer_config(platform, **{"client.id": f"{platform.topic_prefix}ingest",
+                                                    "on_delivery": self.deliveries.on_delivery})
         self.producer = Producer(self._config)
         self._content_type = [(CONTENT_TYPE_HEADER, serde.content_type.encode())]
-        self._errors: list[str] = []
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}] key={msg.key()!r}: {err}")
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes]]) -> None:
-        wire_headers: list[tuple[str, str | bytes | None]] = list(headers)
-        while True:
-            try:
-                self.producer.produce(topic, key=key, value=value, headers=wire_headers, on_delivery=self._on_delivery)
-                return
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.05)
 
     def publish(self, candles: Sequence[Candle], dead: Sequence[DeadRow] = (), timeout: float = 60.0) -> None:
         for c in candles:
-            self._produce(self.topic, candle_series(c).encode(), self.serde.encode(dict(c)), self._content_type)
+            produce(self.producer, self.topic, candle_series(c).encode(), self.serde.encode(dict(c)),
+                    self._content_type)
         for d in dead:
-            self._produce(self.dlq_topic, d.series.encode() if d.series else None,
-                          json.dumps(d.payload(), default=str).encode(), dead_headers(d))
-        remaining = self.producer.flush(timeout)
-        if self._errors or remaining:
-            errors, self._errors = self._errors, []
-            raise KafkaBoundaryError(f"{len(errors)} deliveries failed, {remaining} unconfirmed after "
-                                     f"{timeout}s; first: {errors[:3]}")
+            produce(self.producer, self.dlq_topic, d.series.encode() if d.series else None,
+                    json.dumps(d.payload(), default=str).encode(), dead_headers(d))
+        self.deliveries.confirm(self.producer, timeout)
         if candles:
             obs.MESSAGES_PRODUCED.labels(SERVICE, "candles").inc(len(candles))
         if dead:
@@ -150,7 +135,7 @@ class KafkaPublisher:
             beat()
         if len(self.producer):
             return False
-        self._errors.clear()
+        self.deliveries.errors.clear()
         self.producer = Producer(self._config)
         return True
 
@@ -175,27 +160,6 @@ def _resume_consumer(platform: PlatformSettings) -> Consumer:
     starts a new fetch and the broker would otherwise hold it for fetch.wait.max.ms (500 ms)."""
     return Consumer(consumer_config(platform, f"{platform.topic_prefix}ingest-resume",
                                     **{"fetch.wait.max.ms": 10}))
-
-
-def _read_span(consumer: Consumer, topic: str, partition: int, start: int, end: int,
-               deadline: float) -> Iterable[Message]:
-    """Messages of [start, end) of one partition (read_committed); raises on a stall past deadline."""
-    tp = TopicPartition(topic, partition)
-    consumer.assign([TopicPartition(topic, partition, start)])
-    while True:
-        for m in consumer.consume(1000, 0.1):  # short: the loop ends on position, not on a timeout
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaBoundaryError(f"reading {topic}[{partition}]: {err}")
-            if (m.offset() or 0) < end:  # a consumed message always has its offset
-                yield m
-        pos = consumer.position([tp])[0].offset
-        if pos >= end:
-            return
-        if time.monotonic() > deadline:
-            raise KafkaBoundaryError(f"reading {topic}[{partition}] stalled at {pos} < {end}")
 
 
 def last_published(platform: PlatformSettings, serde: AvroSerde, series: Iterable[str], *,
@@ -226,7 +190,7 @@ def last_published(platform: PlatformSettings, serde: AvroSerde, series: Iterabl
             while missing and end > lo:
                 start = max(lo, end - chunk)
                 seen: set[str] = set()
-                for m in _read_span(consumer, topic, p, start, end, deadline):
+                for m in read_span(consumer, topic, p, start, end, deadline):
                     raw_key = m.key()
                     key = raw_key.decode("utf-8", "replace") if raw_key is not None else ""
                     if key not in missing:
@@ -259,7 +223,7 @@ def published_dead_ids(platform: PlatformSettings, dlq_topic: str, timeout: floa
             lo, hi = consumer.get_watermark_offsets(TopicPartition(dlq_topic, p), timeout=30)
             if hi <= lo:
                 continue
-            for m in _read_span(consumer, dlq_topic, p, lo, hi, deadline):
+            for m in read_span(consumer, dlq_topic, p, lo, hi, deadline):
                 for k, v in message_headers(m):
                     if k == QUARANTINE_ID_HEADER and v:
                         ids.add(v.decode("utf-8", "replace"))

@@ -2,8 +2,9 @@
 lineage, and publish its versions (topic ``model-versions`` + store table ``model_versions``).
 
 Wiring only; the logic is in windows.py (fetch + verify), batch.py (inputs, targets, steps),
-lineage.py (the exactly-once protocol), engine.py (models and checkpoints) and kafka_loop.py (the
-consumer group). Settings: ``TRAINER_*`` (settings.py).
+lineage.py (the exactly-once protocol), engine.py (models and checkpoints) and processor.py (the
+runtime's StreamApp with the checkpoint commit policy: reftrain/streams). Settings: ``TRAINER_*``
+(settings.py).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ log = logging.getLogger("services.trainer")
 def body(rt: service.Runtime) -> None:
     # imported here so that ``--help`` answers without loading torch and the Kafka client
     from reftrain.store import Store
-    from services.trainer.kafka_loop import TrainerLoop
+    from services.trainer.processor import build_app
 
     settings = trainer_settings.load()
     store = Store.from_settings(rt.platform)
     try:
-        TrainerLoop(rt.platform, settings, store, rt.health).run(rt.stop)
+        app, _ = build_app(rt.platform, settings, store)
+        app.run(rt.stop, rt.health)
     finally:
         store.close()
 

@@ -37,7 +37,7 @@ class TrainerSettings:
     lr: float = 1e-3
     #: Rows of each series kept in the in-memory window cache (consecutive jobs share most rows).
     cache_rows: int = 50_000
-    #: consume() timeout; bounds how late a time-based checkpoint can be.
+    #: Poll timeout of the runtime (reftrain.streams); bounds how late a time-based checkpoint can be.
     poll_timeout_s: float = 0.5
     #: torch.use_deterministic_algorithms(True): any non-deterministic op raises (slower GRU backward);
     #: on CUDA also deterministic cuDNN/cuBLAS kernels (off by default: they cost throughput).
