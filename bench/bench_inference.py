@@ -209,7 +209,7 @@ def bench_ring_window(reads: int = 200, history: int = 4000) -> dict[str, float]
         win = ring.window()
         mem.append(time.perf_counter() - t0)
         assert win is not None and win.end == c["open_time"]
-    assert win.checksum() == w.checksum()  # the last window: the same rows from memory and from the store
+    assert win is not None and win.checksum() == w.checksum()  # same rows: memory, store
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))]
