@@ -97,9 +97,9 @@ BACKTEST_ARGS ?=
 backtest: venv ## offline walk-forward of a training adapter on the bundled files (no stack); BACKTEST_ARGS="--adapter ... --limit N"
 	$(PY) -m ops.backtest $(BACKTEST_ARGS)
 
-bench: venv ## benchmarks with their anchors (ratios printed)
+bench: venv ## benchmarks with their anchors, then one table of #16's figures + bench/results.json
 	PYTHON=$(PY) $(STACK) up
-	cd $(ROOT) && eval "$$($(STACK) env)"; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	cd $(ROOT) && eval "$$($(STACK) env)"; $(PY) bench/run_all.py $(BENCH_ARGS)
 
 FAULT_ARGS ?=
 faults: venv deps ## fault-injection campaign, full size, on a private stack (table -> docs/reliability.md)

@@ -8,6 +8,8 @@
 3. Refs per second through the service's processor (store read from memory, normalisation,
    prediction, ref building) when many series close at once: one transaction holding one candle of
    each series (predicted in one batch) vs one transaction per candle.
+4. The window of a new candle from the ring buffer vs the DuckLake read it replaces (needs the
+   stack: a scratch catalog).
 
 Uses the local registry when it is up (make up) for exact wire sizes, else fastavro's schemaless
 encoding plus the 5-byte wire header (identical sizes). Torch threads: 1 unless given (argv[1]);
@@ -114,10 +116,11 @@ class _MemStore:
         self.windows = windows
         self.data_path = "/nonexistent"
 
-    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None) -> Window:
+    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None,
+                  start: int | None = None) -> Window:
         w = self.windows[(symbol, timeframe)]
         hi = int(np.searchsorted(w.open_time, end if end is not None else 2**62, side="right"))
-        lo = max(0, hi - n)
+        lo = max(0, hi - n, int(np.searchsorted(w.open_time, start, side="left")) if start is not None else 0)
         return Window(symbol, timeframe, w.open_time[lo:hi], w.values[lo:hi])
 
     def latest_model_version(self, model_key: str) -> dict[str, Any] | None:
@@ -169,6 +172,59 @@ def bench_processor(n_series: int = 32, rounds: int = 3) -> None:
           f"ratio {alone / together:.1f}x")
 
 
+def bench_ring_window(reads: int = 200, history: int = 4000) -> dict[str, float]:
+    """4. The window of a new candle from the series' ring buffer (append + the last 600 rows) vs
+    the store read it replaces (``read_last`` of 600 rows, lower-bounded as the processor does, and
+    unbounded as before #16), on the real DuckLake store (a scratch catalog; needs the stack)."""
+    from ops.fixtures.support import scratch_platform
+    from reftrain.store import Store
+    from services.inference.ring import SeriesRing
+
+    candles = real_candles(FILES[0])[:history + reads]
+    with scratch_platform(settings.platform()) as platform:
+        store = Store.from_settings(platform)
+        try:
+            for i in range(0, len(candles), 1000):
+                store.append_candles(candles[i:i + 1000])
+            store.compact()
+            ends = [c["open_time"] for c in candles[history:]]
+            bounded, unbounded = [], []
+            for end in ends:
+                t0 = time.perf_counter()
+                w = store.read_last("BTCUSDT", "1m", WINDOW, end, start=end - (WINDOW - 1 + 120) * 60_000)
+                bounded.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                u = store.read_last("BTCUSDT", "1m", WINDOW, end)
+                unbounded.append(time.perf_counter() - t0)
+                assert len(w) == WINDOW and w.checksum() == u.checksum()
+        finally:
+            store.close()
+    ring = SeriesRing("BTCUSDT", "1m", 60_000, WINDOW)
+    ring.reset(to_window(candles[:history]))
+    mem = []
+    for c in candles[history:]:
+        row = (c["open"], c["high"], c["low"], c["close"], c["volume"])
+        t0 = time.perf_counter()
+        ring.append(c["open_time"], row)
+        win = ring.window()
+        mem.append(time.perf_counter() - t0)
+        assert win is not None and win.end == c["open_time"]
+    assert win is not None and win.checksum() == w.checksum()  # same rows: memory, store
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[int(q * (len(xs) - 1))]
+
+    out = {"ring_p50_ms": pct(mem, 0.5) * 1e3, "ring_p99_ms": pct(mem, 0.99) * 1e3,
+           "store_bounded_p50_ms": pct(bounded, 0.5) * 1e3, "store_bounded_p99_ms": pct(bounded, 0.99) * 1e3,
+           "store_unbounded_p50_ms": pct(unbounded, 0.5) * 1e3, "store_unbounded_p99_ms": pct(unbounded, 0.99) * 1e3}
+    print(f"window of a new candle ({WINDOW} rows, {history + reads} stored): ring buffer p50 "
+          f"{out['ring_p50_ms'] * 1e3:.1f} us p99 {out['ring_p99_ms'] * 1e3:.1f} us; anchor the store read it "
+          f"replaces, bounded p50 {out['store_bounded_p50_ms']:.2f} ms p99 {out['store_bounded_p99_ms']:.2f} ms "
+          f"(unbounded p50 {out['store_unbounded_p50_ms']:.2f} ms p99 {out['store_unbounded_p99_ms']:.2f} ms); "
+          f"ratio p99 store/ring {out['store_bounded_p99_ms'] / out['ring_p99_ms']:,.0f}x")
+    return out
+
+
 if __name__ == "__main__":
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     torch.set_num_threads(threads)
@@ -176,3 +232,4 @@ if __name__ == "__main__":
     bench_sizes()
     bench_predict()
     bench_processor()
+    bench_ring_window()

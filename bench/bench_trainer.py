@@ -9,6 +9,8 @@
    steady state: consecutive jobs share 599 of 600 rows), the same fetcher cold (a new cache every
    batch), and the naive way (one ``read_range`` per window), each vs an in-memory slice + checksum
    of the same windows; then warm vs cold with a trickle of 8 jobs per pass.
+3. Samples/s on the real job mix (CANDLE + PIVOT jobs, ~3.4 per ref) with the jobs of one ref
+   sharing one forward pass vs one pass per job (windows in memory).
 
 Real data: 3,000 Binance BTCUSDT 1m candles (data/), refs over 600-row windows synthesised the way
 inference logs them (tests/unit/trainer/trainer_synth.py). One torch thread (fastest on a busy
@@ -150,6 +152,48 @@ def bench_fetch(store: Store, jobs: list, candles: list, fetch: int) -> None:
           f"(ratio {w / c:.2f}; both one store round trip per pass: latency, not rows, is the cost)")
 
 
+def bench_shared(candles: list, refs: int = 160, batch: int = 32, repeat: int = 2) -> dict[str, float]:
+    """3. Training samples/s on the real job mix (every CANDLE job and every PIVOT job the
+    detector's pivots give, ~3.4 jobs per ref on BTCUSDT 1m) with the jobs of one ref sharing one
+    forward pass (``train_shared``, TRAINER_SHARED_PASS=1) vs one pass per job (one step per trigger,
+    as before #16). Windows in memory (no store): the training step alone is compared."""
+    import tempfile
+
+    from ops.fixtures.trainer import MemStore
+    from services.trainer.batch import training_batches
+
+    end = WINDOW - 1 + refs
+    jobs = synth_jobs(candles[:end + 2], WINDOW, max_pivot_jobs=10**6)
+    with tempfile.TemporaryDirectory() as tmp:
+        mem = MemStore(Path(tmp), candles[:end + 2])
+        samples, rejected, _ = prepare([PendingJob(0, i, j) for i, j in enumerate(jobs)], WindowFetcher(mem), PROBE)
+    assert not rejected
+    n_refs = len({id(s.x) for s in samples})
+
+    def run(shared: bool) -> float:
+        adapter = TorchAdapter.create(0, "cpu")
+        steps = training_batches(samples, batch, shared=shared)
+        t0 = time.perf_counter()
+        for step in steps:
+            examples = [s.example for s in step]
+            if shared:
+                adapter.train_shared(examples)
+            elif step[0].trigger == "CANDLE":
+                adapter.train_candle(examples)  # type: ignore[arg-type]
+            else:
+                adapter.train_pivot(examples)  # type: ignore[arg-type]
+        return len(samples) / (time.perf_counter() - t0)
+
+    run(True)  # warm-up (allocator, first backward)
+    shared_rate = max(run(True) for _ in range(repeat))
+    per_job = max(run(False) for _ in range(repeat))
+    print(f"training, real job mix ({len(samples)} jobs of {n_refs} refs, {len(samples) / n_refs:.2f} per ref, "
+          f"batch {batch}): shared forward passes {shared_rate:,.1f} samples/s; anchor one pass per job "
+          f"{per_job:,.1f} samples/s; ratio {shared_rate / per_job:.2f}")
+    return {"shared_samples_per_s": shared_rate, "per_job_samples_per_s": per_job,
+            "jobs_per_ref": len(samples) / n_refs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candles", type=int, default=3000)
@@ -170,6 +214,7 @@ def main() -> None:
             bench_training(store, jobs[: args.train_jobs], candles, args.batch, args.fetch)
         finally:
             store.close()
+    bench_shared(candles, batch=args.batch)
 
 
 if __name__ == "__main__":

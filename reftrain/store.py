@@ -291,13 +291,20 @@ class Store:
                 ORDER BY open_time""", [symbol, timeframe, start, end]).fetchnumpy())
         return _window(symbol, timeframe, rows)
 
-    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None) -> Window:
-        """The last ``n`` candles with open_time <= end (all if end is None), oldest first."""
-        bound = end if end is not None else 2**62
+    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None,
+                  start: int | None = None) -> Window:
+        """The last ``n`` candles with start <= open_time <= end (no bound where None), oldest first.
+
+        ``start`` lets a caller that knows how far back ``n`` rows reach bound the scan: without it
+        the query reads the series' whole history (112 ms at 1.2M rows vs 13 ms bounded, #16). The
+        caller checks whether ``n`` rows came back and, if not, repeats without the bound."""
+        lo = start if start is not None else -(2**62)
+        hi = end if end is not None else 2**62
         rows = self._with_retry(lambda: self.con.execute(
             f"""SELECT * FROM (SELECT open_time, open, high, low, close, volume FROM {LAKE}.candles
-                WHERE symbol = ? AND timeframe = ? AND open_time <= ? ORDER BY open_time DESC LIMIT ?)
-                ORDER BY open_time""", [symbol, timeframe, bound, n]).fetchnumpy())
+                WHERE symbol = ? AND timeframe = ? AND open_time BETWEEN ? AND ?
+                ORDER BY open_time DESC LIMIT ?)
+                ORDER BY open_time""", [symbol, timeframe, lo, hi, n]).fetchnumpy())
         return _window(symbol, timeframe, rows)
 
     def read_ranges(self, requests: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], Window]:

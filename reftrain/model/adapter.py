@@ -159,6 +159,44 @@ class TorchAdapter(TrainingAdapter):
         stats, _ = self._step(batch, [SampleTarget(pivot=e.label) for e in batch])
         return stats
 
+    def train_shared(self, batch: Sequence[CandleExample | PivotExample]) -> dict[str, float]:
+        """One update on CANDLE and PIVOT examples together, each distinct input (examples sharing
+        one ``x`` array: the jobs of one ref) forwarded once (#16). Multi-head loss: the masked
+        means of ``compute_losses`` make it exactly the CANDLE step's loss of the CANDLE examples
+        plus the PIVOT step's loss of the PIVOT examples, so its gradient is the sum of theirs at
+        these weights. Calibration as in ``train_candle`` (held-out logits of the CANDLE examples)."""
+        slot: dict[int, int] = {}
+        inputs: list[npt.NDArray[np.float32]] = []
+        index = np.empty(len(batch), dtype=np.int64)
+        targets: list[SampleTarget] = []
+        for i, e in enumerate(batch):
+            k = slot.setdefault(id(e.x), len(inputs))
+            if k == len(inputs):
+                inputs.append(e.x)
+            index[i] = k
+            if isinstance(e, CandleExample):
+                targets.append(SampleTarget(action=e.action, candle=_candle_target(e)))
+            else:
+                targets.append(SampleTarget(pivot=e.label))
+        is_candle = np.array([isinstance(e, CandleExample) for e in batch], dtype=bool)
+        x = np.stack(inputs).astype(np.float32, copy=False)
+        amp = self.amp and amp_dtype(self.device, True) is not None
+        stats, logits = training_step(self.model, self.optimizer, x, TargetBatch.stack(targets), self.device,
+                                      amp=amp, index=index)
+        if is_candle.any():
+            labels = np.array([e.action for e in batch if isinstance(e, CandleExample)], dtype=np.int64)
+            self.calib_logits = np.concatenate([self.calib_logits, logits[is_candle]])[-CALIBRATION_TAIL:]
+            self.calib_labels = np.concatenate([self.calib_labels, labels])[-CALIBRATION_TAIL:]
+            if self.calib_labels.shape[0] >= MIN_CALIBRATION:
+                self.temperature = fit_temperature(self.calib_logits, self.calib_labels)
+            stats["temperature"] = self.temperature
+        else:  # the terms of a head with no example are 0, not a loss: leave them out of the means
+            stats.pop("action_loss", None)
+            stats.pop("candle_loss", None)
+        if is_candle.all():
+            stats.pop("pivot_loss", None)
+        return stats
+
     def _step(self, batch: Sequence[CandleExample] | Sequence[PivotExample], targets: list[SampleTarget]
               ) -> tuple[dict[str, float], npt.NDArray[np.float64]]:
         x = np.stack([e.x for e in batch]).astype(np.float32, copy=False)

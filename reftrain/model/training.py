@@ -166,16 +166,24 @@ def training_step(
     batch_targets: TargetBatch,
     device: torch.device | str,
     amp: bool = False,
+    index: npt.NDArray[np.int64] | None = None,
 ) -> tuple[dict[str, float], npt.NDArray[np.float64]]:
     """One optimiser step on a batch; returns the loss terms before it and the action logits of
     the forward pass (the model has no dropout or batch norm, so these are exactly what the model
     predicted for these inputs before the step: the held-out logits that calibration uses).
 
+    ``index`` (shared forward pass, #16): target ``i`` belongs to input ``index[i]``; each distinct
+    input goes through the network once and its outputs are gathered for every target that uses
+    it (the jobs of one ref share one window). The loss, and so the gradient, is that of the batch
+    with each input repeated per target, up to float rounding; the logits returned are per target.
+
     The model must already be on ``device`` (the optimiser's state follows its parameters).
     """
     dev = torch.device(device)
     x_np = np.asarray(batch_inputs, dtype=np.float32)
-    if x_np.ndim != 3 or x_np.shape[0] != len(batch_targets):
+    rows = x_np.shape[0] if index is None else len(index)
+    if x_np.ndim != 3 or rows != len(batch_targets) or (index is not None and len(index) and (
+            int(np.min(index)) < 0 or int(np.max(index)) >= x_np.shape[0])):
         raise ValueError(f"inputs {x_np.shape} do not match {len(batch_targets)} targets")
     model.train()
     x = to_device(x_np, dev)
@@ -183,6 +191,9 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits, candle, pivot = model.forward_all(x)
+    if index is not None:
+        at = torch.as_tensor(np.asarray(index, dtype=np.int64), device=dev)
+        logits, candle, pivot = logits[at], candle[at], pivot[at]
     losses = compute_losses(logits, candle, pivot, batch_targets, dev)
     losses["loss"].backward()  # type: ignore[no-untyped-call]
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)

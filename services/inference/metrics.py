@@ -52,3 +52,9 @@ PREDICT_SECONDS = Histogram(
     "reftrain_inference_predict_seconds", "One predict_batch call",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+WINDOWS_TOTAL = Counter(
+    "reftrain_inference_windows_total",
+    "Candles whose window was taken from the series' ring buffer (memory) or from a store read (store: "
+    "the seed after an assignment, the repair after a gap, a late back-fill or a restart)",
+    ["source"],
+)

@@ -95,7 +95,8 @@ class Lineage:
         self.sums["train_seconds"] += seconds
         for k, v in stats.items():
             self.sums[k] += float(v)
-        self.sums[f"steps_{samples[0].trigger.lower()}"] += 1 if samples else 0
+        for trigger in sorted({s.trigger for s in samples}):  # a shared step counts for both triggers
+            self.sums[f"steps_{trigger.lower()}"] += 1
 
     def interval_metrics(self) -> dict[str, float]:
         """Mean step losses since the last checkpoint, and totals; plain floats for Avro and meta."""
@@ -253,7 +254,8 @@ class TrainerEngine:
         metrics.WINDOW_CACHE.labels("cache").inc(stats.from_cache)
         metrics.WINDOW_CACHE.labels("reread").inc(stats.rereads)
         t_train = time.perf_counter()
-        for chunk in training_batches(samples, self.settings.batch):
+        shared = self.settings.shared_pass and hasattr(self.adapter_cls, "train_shared")
+        for chunk in training_batches(samples, self.settings.batch, shared=shared):
             self._train(chunk)
         for r in rejections:
             self.parts[r.partition].rejected[r.reason] += 1
@@ -279,7 +281,10 @@ class TrainerEngine:
         first = chunk[0]
         lineage = self._lineage(self.parts[first.partition], first.model_key)
         t0 = time.perf_counter()
-        if first.trigger == "CANDLE":
+        if len({s.trigger for s in chunk}) > 1 or (self.settings.shared_pass
+                                                    and hasattr(lineage.adapter, "train_shared")):
+            out = lineage.adapter.train_shared([s.example for s in chunk])  # type: ignore[attr-defined]
+        elif first.trigger == "CANDLE":
             out = lineage.adapter.train_candle([s.example for s in chunk])  # type: ignore[misc]
         else:
             out = lineage.adapter.train_pivot([s.example for s in chunk])  # type: ignore[misc]

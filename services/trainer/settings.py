@@ -20,6 +20,10 @@ class TrainerSettings:
 
     #: Jobs per optimiser step (per model; a step only ever mixes jobs of one model key).
     batch: int = 32
+    #: One forward pass per ref: the CANDLE and PIVOT jobs of one ref in a batch train in ONE step
+    #: (multi-head loss) when the adapter has ``train_shared``; off = one step per trigger (#16).
+    #: Shared, ``batch`` counts the distinct windows (forward rows) of a step, not its jobs.
+    shared_pass: bool = True
     #: Messages taken per consume call; their windows are fetched from the store in ONE pass.
     fetch_jobs: int = 256
     #: Checkpoint a partition after this many consumed jobs (trained or rejected) ...

@@ -56,12 +56,13 @@ class MemStore:
         for c in candles:
             self.rows.setdefault((c["symbol"], c["timeframe"]), {})[c["open_time"]] = c
 
-    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None) -> Window:
+    def read_last(self, symbol: str, timeframe: str, n: int, end: int | None = None,
+                  start: int | None = None) -> Window:
         self.reads.append((symbol, timeframe, n, end))
         if self.fail:
             raise StoreError("catalog unavailable")
         rows = self.rows.get((symbol, timeframe), {})
-        times = sorted(t for t in rows if end is None or t <= end)[-n:]
+        times = sorted(t for t in rows if (end is None or t <= end) and (start is None or t >= start))[-n:]
         if not times:
             return Window(symbol, timeframe, np.empty(0, np.int64), np.empty((0, 5)))
         return to_window([rows[t] for t in times])
