@@ -664,10 +664,7 @@ case "${1:-}" in
     mkdir -p "$STATE/lake"
     pg_up
     if use_cluster; then cluster_up; else kafka_up; fi
-    if use_s3; then
-      s3_up
-      log "LAKE=s3: trainer checkpoints are still local files; do not run the trainer/inference on it (docs/scaling.md)"
-    fi
+    if use_s3; then s3_up; fi  # the lake, trainer checkpoints and manifests on S3 (docs/scaling.md)
     registry_up
     if use_cluster; then cluster_wait_ready 180; fi
     wait_ready 180

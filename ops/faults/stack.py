@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 from ops.procs import free_port, pid_alive
 from ops.stages import REPO, STACK, parse_stack_env
@@ -22,20 +23,37 @@ from ops.stages import REPO, STACK, parse_stack_env
 
 class PrivateStack:
     """deploy/local/stack.sh on its own folder and ports. Ports are kept in ``ports.json`` so a kept
-    stack (``--keep-stack``) can be reused by the next campaign (``--stack-dir``)."""
+    stack (``--keep-stack``) can be reused by the next campaign (``--stack-dir``).
+
+    ``brokers=3``: the 3-node KRaft cluster (stack.sh BROKERS=3) in place of the single broker;
+    ``lake="s3"``: S3Proxy with it (stack.sh LAKE=s3). ``port_base``: every port at a fixed offset
+    from it (as REFTRAIN_PORT_OFFSET does for stack.sh) instead of free ports picked at random; the
+    cluster needs a block (nodes base+200.., controllers base+210..)."""
 
     PORTS = ("KAFKA", "CONTROLLER", "REGISTRY", "REGISTRY_MGMT", "PG")
+    #: offsets from ``port_base`` (the stack.sh defaults minus 19000, kept apart)
+    OFFSETS: ClassVar[dict[str, int]] = {"KAFKA": 92, "CONTROLLER": 93, "REGISTRY": 81, "REGISTRY_MGMT": 1,
+                                         "PG": 32, "CLUSTER": 200, "S3": 300}
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, brokers: int = 1, lake: str = "folder",
+                 port_base: int | None = None) -> None:
         self.owned_dir = root is None
+        self.brokers = brokers
+        self.lake = lake
         self.root = Path(root or tempfile.mkdtemp(prefix="reftrain-faults-"))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # PostgreSQL runs as its own OS user and must reach its data dir
         saved = self.root / "ports.json"
+        names = list(self.PORTS) + (["CLUSTER"] if brokers > 1 else []) + (["S3"] if lake == "s3" else [])
         if saved.is_file():
             self.ports: dict[str, int] = json.loads(saved.read_text())
+        elif port_base is not None:
+            self.ports = {p: port_base + self.OFFSETS[p] for p in names}
         else:
-            self.ports = {p: free_port() for p in self.PORTS}
+            self.ports = {p: free_port() for p in names if p != "CLUSTER"}
+            if "CLUSTER" in names:
+                self.ports["CLUSTER"] = free_block()
+        if not saved.is_file():
             saved.write_text(json.dumps(self.ports))
         self.started_here = False
 
@@ -46,9 +64,13 @@ class PrivateStack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REFTRAIN_")}
         env.update({f"REFTRAIN_{k}_PORT": str(v) for k, v in self.ports.items()})
-        env.update({"REFTRAIN_STACK_DIR": str(self.state), "PYTHON": sys.executable})
-        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
+        env.update({"REFTRAIN_STACK_DIR": str(self.state), "PYTHON": sys.executable,
+                    "REFTRAIN_BROKERS": str(self.brokers), "REFTRAIN_LAKE": self.lake})
+        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH", "BROKERS",
+                  "LAKE"):
             env.pop(k, None)  # never let the shared stack's variables leak into this one
+        for k in [k for k in env if k.startswith("STORE_S3_")]:
+            env.pop(k)
         return env
 
     def command(self, cmd: str) -> subprocess.Popen[str]:
@@ -75,9 +97,15 @@ class PrivateStack:
         _rc, out = self.run("env", 60)
         return parse_stack_env(out)
 
+    def node_pid_file(self, node: int) -> Path:
+        return self.state / "cluster" / f"node-{node}.pid"
+
     def pid(self, component: str) -> int | None:
+        """pid of ``kafka``, ``registry``, ``s3proxy`` or a cluster node ``node-<id>``."""
+        path = (self.node_pid_file(int(component.removeprefix("node-"))) if component.startswith("node-")
+                else self.state / f"{component}.pid")
         try:
-            pid = int((self.state / f"{component}.pid").read_text().strip())
+            pid = int(path.read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if pid_alive(pid) else None
@@ -99,6 +127,27 @@ class PrivateStack:
             self.run("down", 180)
         if remove and self.owned_dir:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def free_block(lo: int = 20000, hi: int = 32000) -> int:
+    """A base port whose cluster ports (base..base+2, base+10..base+12) are free, below the kernel's
+    ephemeral range (an outgoing connection cannot take one between the check and the bind)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(lo, hi, 20)
+        ok = True
+        for port in [base + i for i in range(3)] + [base + 10 + i for i in range(3)]:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise CampaignError("no free block of ports for the 3-node cluster")
 
 
 class CampaignError(Exception):

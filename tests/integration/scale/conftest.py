@@ -71,26 +71,40 @@ def cluster_platform(platform: PlatformSettings, cluster: Cluster) -> PlatformSe
     return replace(platform, kafka_bootstrap_servers=cluster.bootstrap)
 
 
-S3_PORT = 41300
+#: REFTRAIN_TEST_S3_PORT moves it (parallel sessions on one host each give their own).
+S3_PORT = int(os.environ.get("REFTRAIN_TEST_S3_PORT", "41300"))
 
 
 @dataclass(frozen=True)
 class S3:
     env: dict[str, str]  # the STORE_S3_* variables of `stack.sh s3-env`
     backing: Path  # S3Proxy's filesystem backend: the bucket's objects as files
+    port: int = S3_PORT
 
 
-@pytest.fixture(scope="module")
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    """A private S3Proxy (deploy/local/stack.sh s3-up) on port 41300, stopped at the end."""
+    """A private S3Proxy (deploy/local/stack.sh s3-up) on the first free port from S3_PORT, one per
+    pytest session (xdist worker): a JVM takes 5-10 s to start; every test has its own prefix.
+    Stopped at the end."""
     state = tmp_path_factory.mktemp("s3-stack")
-    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_S3_PORT=str(S3_PORT))
+    port = next((p for p in range(S3_PORT, S3_PORT + 50) if _port_free(p)), S3_PORT)
+    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_S3_PORT=str(port))
     up = subprocess.run([str(STACK), "s3-up"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         out = subprocess.run([str(STACK), "s3-env"], env=env, capture_output=True, text=True, check=True).stdout
         pairs = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines() if "=" in line)
-        yield S3({k: v for k, v in pairs.items() if k.startswith("STORE_S3_")}, state / "s3")
+        yield S3({k: v for k, v in pairs.items() if k.startswith("STORE_S3_")}, state / "s3", port)
     finally:
         subprocess.run([str(STACK), "s3-down"], env=env, capture_output=True, timeout=60)
 
