@@ -207,7 +207,8 @@ class FaultInjector(Supervisor):
             p.kill()
         out = p.stdout.read() if p.stdout else ""
         if p.returncode != 0:
-            raise CampaignError(f"private stack did not come back: {out[-2000:]}")
+            said = [ln for ln in out.splitlines() if not ln.startswith(("[", "\t", " ", "==>")) and ln.strip()]
+            raise CampaignError(f"private stack did not come back: {' | '.join(said[-8:])[-1500:]}\n{out[-1500:]}")
 
     def fault_broker(self, sig_name: str) -> None:
         t = time.time()
@@ -312,7 +313,7 @@ class FaultInjector(Supervisor):
         t = time.time()
         notes = []
         for node in range(1, self.stack.brokers + 1):
-            self.stack.stop_component(f"node-{node}", signal.SIGTERM, timeout=60)
+            self.stack.stop_component(f"node-{node}", signal.SIGTERM, timeout=120)  # controlled shutdown
             self._stack_up()
             if not self._wait_in_sync():
                 notes.append(f"node {node}: replicas not back in sync in 180 s")

@@ -89,6 +89,12 @@ class PrivateStack:
         if self.running():
             return
         rc, out = self.run("up")
+        for _ in range(2):  # a port of the ephemeral range held a moment by some client's connection
+            if rc == 0 or "already in use" not in out:
+                break
+            self.run("down", 180)
+            time.sleep(5)
+            rc, out = self.run("up")
         if rc != 0:
             raise CampaignError(f"private stack did not start (stack.sh up exit {rc}):\n{out[-3000:]}")
         self.started_here = True
@@ -121,6 +127,9 @@ class PrivateStack:
             time.sleep(0.2)
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30  # gone before anyone starts it again (stack.sh skips a live pid)
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
 
     def down(self, remove: bool) -> None:
         with contextlib.suppress(Exception):
