@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import signal
 import subprocess
@@ -197,8 +196,21 @@ class FaultInjector(Supervisor):
         inj = Injection("trainer replica added and removed", f"trainer-{n + 2}", t, time.time())
         self._record(inj, ["trainer"])
 
-    def _stack_up(self) -> None:
-        """stack.sh up (starts only what is down) while the supervisor keeps ticking."""
+    def _stack_up(self, attempts: int = 3) -> None:
+        """stack.sh up (starts only what is down) while the supervisor keeps ticking; tried again
+        when a restarted node exits at once (on this host a port of the ephemeral range can be taken
+        by any client's connection between a node's stop and its start)."""
+        for attempt in range(attempts):
+            try:
+                self._stack_up_once()
+                return
+            except CampaignError as exc:
+                if attempt == attempts - 1:
+                    raise
+                self.say(f"    stack.sh up failed, trying again: {str(exc).splitlines()[0][:300]}")
+                self.sleep(5.0)
+
+    def _stack_up_once(self) -> None:
         p = self.stack.command("up")
         deadline = time.monotonic() + 600
         while p.poll() is None and time.monotonic() < deadline:
@@ -293,12 +305,11 @@ class FaultInjector(Supervisor):
         the two survivors keep accepting acks=all writes). The node is started again after
         ``broker_down_s`` and has caught up before the next fault."""
         leader, part = self._leader(logical)
-        pid = self.stack.pid(f"node-{leader}")
-        if pid is None:
+        if self.stack.pid(f"node-{leader}") is None:
             raise CampaignError(f"cluster node {leader} is not running")
         self.sleep(self.rng.uniform(0.0, 2.0))  # a random moment under load
         t = time.time()
-        os.kill(pid, signal.SIGKILL)
+        self.stack.stop_component(f"node-{leader}", signal.SIGKILL)
         self.sleep(self.size.broker_down_s)
         self._stack_up()
         synced = self._wait_in_sync()

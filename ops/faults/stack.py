@@ -89,12 +89,11 @@ class PrivateStack:
         if self.running():
             return
         rc, out = self.run("up")
-        for _ in range(2):  # a port of the ephemeral range held a moment by some client's connection
-            if rc == 0 or "already in use" not in out:
+        for _ in range(3):  # a port of the ephemeral range held a moment by some client's connection
+            if rc == 0 or not ("already in use" in out or "exited" in out):
                 break
-            self.run("down", 180)
             time.sleep(5)
-            rc, out = self.run("up")
+            rc, out = self.run("up")  # starts only what is down
         if rc != 0:
             raise CampaignError(f"private stack did not start (stack.sh up exit {rc}):\n{out[-3000:]}")
         self.started_here = True
@@ -108,19 +107,32 @@ class PrivateStack:
 
     def pid(self, component: str) -> int | None:
         """pid of ``kafka``, ``registry``, ``s3proxy`` or a cluster node ``node-<id>``."""
-        path = (self.node_pid_file(int(component.removeprefix("node-"))) if component.startswith("node-")
-                else self.state / f"{component}.pid")
         try:
-            pid = int(path.read_text().strip())
+            pid = int(self.pid_file(component).read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if pid_alive(pid) else None
 
+    def pid_file(self, component: str) -> Path:
+        return (self.node_pid_file(int(component.removeprefix("node-"))) if component.startswith("node-")
+                else self.state / f"{component}.pid")
+
     def stop_component(self, component: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 60.0) -> None:
-        """Stop the broker or the registry of this stack only (by the pid stack.sh recorded)."""
+        """Stop the broker, the registry, S3Proxy or a cluster node of this stack only (by the pid
+        stack.sh recorded). Its pid file is removed once it is dead: a zombie (not yet reaped by
+        its parent) still answers ``kill -0``, and stack.sh would take it for running and not
+        start it again."""
         pid = self.pid(component)
         if pid is None:
             raise CampaignError(f"{component} of the private stack is not running")
+        try:
+            self._stop(pid, sig, timeout)
+        finally:
+            if not pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_file(component).unlink()
+
+    def _stop(self, pid: int, sig: signal.Signals, timeout: float) -> None:
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:

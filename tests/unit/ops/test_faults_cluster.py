@@ -42,3 +42,23 @@ def test_ports_at_fixed_offsets_of_the_base(tmp_path: Path) -> None:
     assert (env["REFTRAIN_CLUSTER_PORT"], env["REFTRAIN_S3_PORT"]) == ("36200", "36300")
     assert (env["REFTRAIN_BROKERS"], env["REFTRAIN_LAKE"]) == ("3", "s3")
     assert PrivateStack(tmp_path / "s").ports == stack.ports  # a kept stack keeps its ports
+
+
+def test_a_stopped_node_leaves_no_pid_file_even_as_a_zombie(tmp_path: Path) -> None:
+    """stack.sh's ``kill -0`` sees a zombie as running and would not start the node again: the
+    stopped node's pid file goes away as soon as the process is dead (here: our unreaped child)."""
+    import signal
+    import subprocess
+
+    stack = PrivateStack(tmp_path / "s", brokers=3, port_base=36000)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file = stack.node_pid_file(2)
+        pid_file.parent.mkdir(parents=True)
+        pid_file.write_text(f"{child.pid}\n")
+        assert stack.pid("node-2") == child.pid
+        stack.stop_component("node-2", signal.SIGKILL)
+        assert not pid_file.exists() and stack.pid("node-2") is None
+    finally:
+        child.kill()
+        child.wait()
