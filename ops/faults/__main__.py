@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lake", choices=("folder", "s3"), default="folder",
                     help="s3: the lake on S3Proxy, and the object store outage (issue #19)")
     ap.add_argument("--port-base", type=int, help="the private stack's ports at fixed offsets from this one "
-                    "(PG +32, registry +81, broker +92, cluster +200.., S3 +300) instead of random free ports")
+                    "(PG +32, registry +81, broker +92, S3 +300; the 3-node cluster always takes a free block "
+                    "below the ephemeral range) instead of random free ports")
     ap.add_argument("--only-scaling", action="store_true", help="only the faults of the cluster and the S3 lake "
                     "(leader kills, rolling restart, object store outage) on the size's data")
     a = ap.parse_args(argv)

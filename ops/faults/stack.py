@@ -28,12 +28,12 @@ class PrivateStack:
     ``brokers=3``: the 3-node KRaft cluster (stack.sh BROKERS=3) in place of the single broker;
     ``lake="s3"``: S3Proxy with it (stack.sh LAKE=s3). ``port_base``: every port at a fixed offset
     from it (as REFTRAIN_PORT_OFFSET does for stack.sh) instead of free ports picked at random; the
-    cluster needs a block (nodes base+200.., controllers base+210..)."""
+    cluster's block is always a free one below the ephemeral range (``free_block``)."""
 
     PORTS = ("KAFKA", "CONTROLLER", "REGISTRY", "REGISTRY_MGMT", "PG")
     #: offsets from ``port_base`` (the stack.sh defaults minus 19000, kept apart)
     OFFSETS: ClassVar[dict[str, int]] = {"KAFKA": 92, "CONTROLLER": 93, "REGISTRY": 81, "REGISTRY_MGMT": 1,
-                                         "PG": 32, "CLUSTER": 200, "S3": 300}
+                                         "PG": 32, "S3": 300}
 
     def __init__(self, root: Path | None = None, *, brokers: int = 1, lake: str = "folder",
                  port_base: int | None = None) -> None:
@@ -47,11 +47,10 @@ class PrivateStack:
         names = list(self.PORTS) + (["CLUSTER"] if brokers > 1 else []) + (["S3"] if lake == "s3" else [])
         if saved.is_file():
             self.ports: dict[str, int] = json.loads(saved.read_text())
-        elif port_base is not None:
-            self.ports = {p: port_base + self.OFFSETS[p] for p in names}
         else:
-            self.ports = {p: free_port() for p in names if p != "CLUSTER"}
-            if "CLUSTER" in names:
+            self.ports = {p: (port_base + self.OFFSETS[p] if port_base is not None else free_port())
+                          for p in names if p != "CLUSTER"}
+            if "CLUSTER" in names:  # always below the ephemeral range: see free_block
                 self.ports["CLUSTER"] = free_block()
         if not saved.is_file():
             saved.write_text(json.dumps(self.ports))
@@ -152,7 +151,11 @@ class PrivateStack:
 
 def free_block(lo: int = 20000, hi: int = 32000) -> int:
     """A base port whose cluster ports (base..base+2, base+10..base+12) are free, below the kernel's
-    ephemeral range (an outgoing connection cannot take one between the check and the bind)."""
+    ephemeral range. Inside it, a node that starts while its peers already dial its controller port
+    loses that port to a TCP self-connect (a client connecting to a local port nobody listens on
+    can be given that very port as its source port): seen again and again here with
+    ``--port-base 36000``, "Address already in use" on the controller port of the node started
+    first. So the cluster never takes its ports from --port-base."""
     import random
     import socket
 

@@ -1,5 +1,6 @@
-"""A private 3-node KRaft cluster (deploy/local/stack.sh cluster-up) on ports 41000-41012, in its
-own state folder, stopped at the end; the registry and catalog are the session's stack."""
+"""A private 3-node KRaft cluster (deploy/local/stack.sh cluster-up) on ports from 24100 (below the
+kernel's ephemeral range), in its own state folder, stopped at the end; the registry and catalog
+are the session's stack."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from ops.stages import STACK
 from reftrain.settings import PlatformSettings
 
-CLUSTER_PORT = 41000
+#: Below the ephemeral range (32768+): there, peers dialling a node's controller port before it
+#: binds can take the port through a TCP self-connect ("Address already in use"; ops/faults/stack.py).
+CLUSTER_PORT = 24100
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,11 @@ def _ports_free(base: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """41xxx lies in the kernel's ephemeral range: any client's outgoing connection can hold one
-    of the ports, so the base is the first of a few whose six ports are free, and a start that
-    lost a port anyway (a node exits at once, 'Address already in use') is tried once more."""
+    """The base is the first of a few whose six ports are free, and a start that lost a port anyway
+    (a node exits at once, 'Address already in use') is tried once more."""
     state = tmp_path_factory.mktemp("cluster-stack")
     bases = [b for b in range(CLUSTER_PORT, CLUSTER_PORT + 1000, 100) if _ports_free(b)][:2]
-    assert bases, "no free port block in 41000-41999"
+    assert bases, f"no free port block in {CLUSTER_PORT}-{CLUSTER_PORT + 999}"
     env: dict[str, str] = {}
     try:
         for attempt, base in enumerate(bases):

@@ -36,10 +36,13 @@ def test_the_data_path_fault_is_left_out_on_s3(tmp_path: Path) -> None:
 
 def test_ports_at_fixed_offsets_of_the_base(tmp_path: Path) -> None:
     stack = PrivateStack(tmp_path / "s", brokers=3, lake="s3", port_base=36000)
+    cluster = stack.ports.pop("CLUSTER")
     assert stack.ports == {"KAFKA": 36092, "CONTROLLER": 36093, "REGISTRY": 36081, "REGISTRY_MGMT": 36001,
-                           "PG": 36032, "CLUSTER": 36200, "S3": 36300}
+                           "PG": 36032, "S3": 36300}
+    assert 20000 <= cluster < 32768 - 20  # the cluster's block: below the ephemeral range (self-connects)
+    stack.ports["CLUSTER"] = cluster
     env = stack.env()
-    assert (env["REFTRAIN_CLUSTER_PORT"], env["REFTRAIN_S3_PORT"]) == ("36200", "36300")
+    assert (env["REFTRAIN_CLUSTER_PORT"], env["REFTRAIN_S3_PORT"]) == (str(cluster), "36300")
     assert (env["REFTRAIN_BROKERS"], env["REFTRAIN_LAKE"]) == ("3", "s3")
     assert PrivateStack(tmp_path / "s").ports == stack.ports  # a kept stack keeps its ports
 
