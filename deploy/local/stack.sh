@@ -624,7 +624,7 @@ EOF
     --properties "$conf" >"$STATE/s3proxy.log" 2>&1 &
   echo $! >"$pidf"
   local _
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 360); do  # 180 s: a JVM start on a loaded 2-core box took > 60 s
     port_busy "$S3_PORT" && return
     pid_alive "$pidf" || break
     sleep 0.5
