@@ -103,7 +103,7 @@ bench: venv ## benchmarks with their anchors, then one table of #16's figures + 
 
 FAULT_ARGS ?=
 faults: venv deps ## fault-injection campaign, full size, on a private stack (table -> docs/reliability.md)
-	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.faults --size full $(FAULT_ARGS)
+	cd $(ROOT) && PYTHON=$(PY) $(PY) -m ops.faults --size full $(if $(BROKERS),--brokers $(BROKERS)) $(if $(LAKE),--lake $(LAKE)) $(FAULT_ARGS)
 
 clean: ## remove caches (keeps the venv and stack data)
 	cd $(ROOT) && rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis reports

@@ -159,8 +159,9 @@ def external_stack() -> dict[str, str] | None:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"):
         keys = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH")
         # + the client security settings (KAFKA_CONFIG_FILE, KAFKA_SASL_*, SCHEMA_REGISTRY_*: docs/security.md)
+        # + the lake's object store (STORE_S3_*: docs/scaling.md)
         return {k: v for k, v in os.environ.items()
-                if k in keys or k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "STORE_CATALOG_"))}
+                if k in keys or k.startswith(("KAFKA_", "SCHEMA_REGISTRY_", "STORE_CATALOG_", "STORE_S3_"))}
     return None
 
 
@@ -247,7 +248,28 @@ def service_env(base: dict[str, str], platform: PlatformSettings, instance: str,
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
     })
+    env.update(s3_env(platform))
     return env
+
+
+def s3_env(platform: PlatformSettings) -> dict[str, str]:
+    """The STORE_S3_* variables of a platform whose lake is on S3 (none for a local folder)."""
+    if not platform.store_data_path.startswith("s3://"):
+        return {}
+    return {"STORE_S3_ENDPOINT": platform.store_s3_endpoint, "STORE_S3_ACCESS_KEY_ID": platform.store_s3_access_key_id,
+            "STORE_S3_SECRET_ACCESS_KEY": platform.store_s3_secret_access_key,
+            "STORE_S3_SECRET_ACCESS_KEY_FILE": platform.store_s3_secret_access_key_file,
+            "STORE_S3_REGION": platform.store_s3_region, "STORE_S3_URL_STYLE": platform.store_s3_url_style,
+            "STORE_S3_USE_SSL": "true" if platform.store_s3_use_ssl else "false"}
+
+
+def run_data_path(base: str, run_id: str, local: Path) -> str:
+    """A run's own lake: ``s3://<bucket>/runs/<run id>`` on the stack's bucket when its lake is on S3
+    (``make run LAKE=s3``), else ``local``."""
+    if base.startswith("s3://"):
+        bucket = base.removeprefix("s3://").split("/", 1)[0]
+        return f"s3://{bucket}/runs/{run_id}"
+    return str(local)
 
 
 def run(config: RunConfig, console: Console | None = None) -> RunResult:
@@ -295,7 +317,8 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
             platform = PlatformSettings(**{
                 **asdict(platform), "topic_prefix": f"{run_id}-",
                 "store_catalog": fresh_catalog(platform.store_catalog, db, environ=catalog_env),
-                "store_data_path": str(REPO / ".local" / "runs" / run_id / "lake"), "http_port": 0})
+                "store_data_path": run_data_path(platform.store_data_path, run_id,
+                                                 REPO / ".local" / "runs" / run_id / "lake"), "http_port": 0})
             warmup = config.warmup
             if warmup is None:
                 window = config.env.get("INFERENCE_WINDOW", "600")
@@ -776,7 +799,8 @@ def _cleanup(platform: PlatformSettings, catalog_env: dict[str, str] | None = No
             view.close()
     with contextlib.suppress(Exception):
         drop_catalog(platform.store_catalog, environ=catalog_env)
-    shutil.rmtree(Path(platform.store_data_path).parent, ignore_errors=True)
+    if not platform.store_data_path.startswith("s3://"):  # objects on S3 stay with the stack's bucket
+        shutil.rmtree(Path(platform.store_data_path).parent, ignore_errors=True)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import duckdb
 import numpy as np
 
+from reftrain.blobs import Blobs, S3Target, blobs_for
 from reftrain.errors import StoreError
 from reftrain.records import Candle, Pivot
 from reftrain.redact import REDACTED, redact_text
@@ -181,8 +182,10 @@ class Store:
         self.con = duckdb.connect()
         self.con.execute("SET threads TO 2")
         _load_extensions(self.con, catalog, self.remote)
+        self._s3 = s3 or S3Config()
+        self._blobs: Blobs | None = None
         if self.remote:
-            self._apply_s3(s3 or S3Config())
+            self._apply_s3(self._s3)
         self._with_retry(lambda: self.con.execute(attach_statement(self._attach_catalog, self.data_path)))
         if create:
             for stmt in DDL:
@@ -369,9 +372,19 @@ class Store:
             f"INSERT INTO {LAKE}.quarantine VALUES (?,?,?,?,?)",
             [source, reason, detail, payload, int(time.time() * 1000)]))
 
+    def blobs(self) -> Blobs:
+        """Checkpoints and trainer manifests next to the lake: files under a local data path,
+        objects under an s3:// one, with the same credentials (reftrain.blobs)."""
+        if self._blobs is None:
+            c = self._s3
+            self._blobs = blobs_for(self.data_path, S3Target.parse(
+                self.data_path, endpoint=c.endpoint, key_id=c.key_id, secret=c.secret, region=c.region,
+                url_style=c.url_style, use_ssl=c.use_ssl) if self.remote else None)
+        return self._blobs
+
     def checkpoint_dir(self) -> Path:
-        if self.remote:  # checkpoints are local files (docs/scaling.md: not on S3 yet)
-            raise StoreError("model checkpoints need a local data path; the lake is on an object store")
+        if self.remote:  # a local folder only; on S3 checkpoints go through blobs()
+            raise StoreError("no checkpoint folder on an object-store data path: use Store.blobs()")
         path = Path(self.data_path) / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -721,7 +721,7 @@ EOF
     --properties "$conf" >"$STATE/s3proxy.log" 2>&1 &
   echo $! >"$pidf"
   local _
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 360); do  # 180 s: a JVM start on a loaded 2-core box took > 60 s
     port_busy "$S3_PORT" && return
     pid_alive "$pidf" || break
     sleep 0.5
@@ -761,10 +761,7 @@ case "${1:-}" in
     mkdir -p "$STATE/lake"
     pg_up
     if use_cluster; then cluster_up; else kafka_up; fi
-    if use_s3; then
-      s3_up
-      log "LAKE=s3: trainer checkpoints are still local files; do not run the trainer/inference on it (docs/scaling.md)"
-    fi
+    if use_s3; then s3_up; fi  # the lake, trainer checkpoints and manifests on S3 (docs/scaling.md)
     registry_up
     if use_cluster; then cluster_wait_ready 180; fi
     wait_ready 180

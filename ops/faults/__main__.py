@@ -26,8 +26,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stack-dir", type=Path, help="folder of a private stack to use (created if needed)")
     ap.add_argument("--keep-stack", action="store_true", help="leave the private stack running afterwards")
     ap.add_argument("--keep-data", action="store_true", help="keep the run's catalog database and store files")
+    ap.add_argument("--brokers", type=int, default=1, help="3: a 3-node KRaft cluster, RF 3 / min ISR 2, and the "
+                    "broker-leader kills and rolling restart (issue #19)")
+    ap.add_argument("--lake", choices=("folder", "s3"), default="folder",
+                    help="s3: the lake on S3Proxy, and the object store outage (issue #19)")
+    ap.add_argument("--port-base", type=int, help="the private stack's ports at fixed offsets from this one "
+                    "(PG +32, registry +81, broker +92, S3 +300; the 3-node cluster always takes a free block "
+                    "below the ephemeral range) instead of random free ports")
+    ap.add_argument("--only-scaling", action="store_true", help="only the faults of the cluster and the S3 lake "
+                    "(leader kills, rolling restart, object store outage) on the size's data")
     a = ap.parse_args(argv)
-    opts = Options(a.size, a.out, a.seed, a.stack_dir, a.keep_stack, a.keep_data)
+    opts = Options(a.size, a.out, a.seed, a.stack_dir, a.keep_stack, a.keep_data, a.brokers, a.lake, a.port_base,
+                   a.only_scaling)
     try:
         result = run_campaign(opts)
     except (CampaignError, CatalogError) as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 from deploy.init import init_cluster
 from ops import catalog
-from ops.faults.config import CONSUMERS, DATA, INPUTS, SIZES, Size
+from ops.faults.config import CONSUMERS, DATA, INPUTS, SIZES, Size, scaling_only
 from ops.faults.injectors import FaultInjector
 from ops.faults.results import Result
 from ops.faults.stack import CampaignError, PrivateStack, set_immutable
@@ -69,7 +69,9 @@ class Campaign(FaultInjector):
         self.platform = PlatformSettings(**{
             **asdict(base), "topic_prefix": f"{self.run_id}-",
             "store_catalog": catalog.fresh_catalog(base.store_catalog, db, environ=self.catalog_env),
-            "store_data_path": str(self.out / "lake"), "http_port": 0})
+            # --lake s3: the run's lake, checkpoints and manifests under its own prefix of the bucket
+            "store_data_path": (f"s3://{base.store_data_path.removeprefix('s3://').split('/')[0]}/{self.run_id}"
+                                if self.stack.lake == "s3" else str(self.out / "lake")), "http_port": 0})
         self.base_env = dict(os.environ)
         for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_CATALOG_PASSWORD_FILE",
                   "STORE_DATA_PATH", "REFTRAIN_CATALOG_ADMIN_USER", "REFTRAIN_CATALOG_ADMIN_PASSWORD_FILE"):
@@ -213,6 +215,10 @@ class Options:
     stack_dir: Path | None = None
     keep_stack: bool = False
     keep_data: bool = False
+    brokers: int = 1  # 3: the private stack runs the 3-node KRaft cluster (issue #19)
+    lake: str = "folder"  # "s3": the lake, checkpoints and manifests on S3Proxy (issue #19)
+    port_base: int | None = None  # the private stack's ports at fixed offsets from it (else free ports)
+    only_scaling: bool = False  # only the #19 faults (config.scaling_only)
 
 
 def say(text: str) -> None:
@@ -221,14 +227,14 @@ def say(text: str) -> None:
 
 def run_campaign(opts: Options, log: Callable[[str], None] = say) -> Result:
     """Run one campaign; always stops what it started (services, and the private stack unless kept)."""
-    size = SIZES[opts.size]
+    size = scaling_only(SIZES[opts.size]) if opts.only_scaling else SIZES[opts.size]
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 30)
     run_id = f"faults-{size.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     out = opts.out_root / run_id
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    stack = PrivateStack(opts.stack_dir)
-    log(f"fault campaign {run_id} (size {size.name}, seed {seed}); private stack in {stack.root} "
-        f"(ports {stack.ports})")
+    stack = PrivateStack(opts.stack_dir, brokers=opts.brokers, lake=opts.lake, port_base=opts.port_base)
+    log(f"fault campaign {run_id} (size {size.name}, seed {seed}, brokers {opts.brokers}, lake {opts.lake}); "
+        f"private stack in {stack.root} (ports {stack.ports})")
     campaign: Campaign | None = None
     try:
         with signals_raise():
@@ -249,7 +255,8 @@ def run_campaign(opts: Options, log: Callable[[str], None] = say) -> Result:
             campaign.stop_all()
             if campaign.platform is not None:  # a fault may have been cut short: never leave it read-only
                 with contextlib.suppress(Exception):
-                    set_immutable(Path(campaign.platform.store_data_path), False)
+                    if not campaign.platform.store_data_path.startswith("s3://"):
+                        set_immutable(Path(campaign.platform.store_data_path), False)
             if not opts.keep_data and campaign.platform is not None:
                 with contextlib.suppress(Exception):
                     catalog.drop_catalog(campaign.platform.store_catalog, environ=campaign.catalog_env)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ops.run import DEFAULT_FILES
 from ops.stages import BY_NAME, REPO
@@ -53,6 +53,14 @@ class Size:
     bad_every: int  # a bad candle and a bad training job before every n-th fault
     settle_s: tuple[float, float] = (1.0, 4.0)
     recovery_timeout_s: float = 240.0
+    # -- past one machine (issue #19): run only on a private stack with --brokers 3 / --lake s3 --
+    #: logical topics whose busiest partition's LEADER broker is killed -9 (then restarted)
+    leader_kills: tuple[str, ...] = ()
+    #: rolling restarts of all brokers (SIGTERM one, start it, wait for full ISR, next)
+    rolling_restarts: int = 0
+    #: S3Proxy stopped for ``object_store_down_s`` (the lake, checkpoints and manifests unreachable)
+    object_store_outages: int = 0
+    object_store_down_s: float = 20.0
 
 
 SIZES: dict[str, Size] = {
@@ -60,7 +68,8 @@ SIZES: dict[str, Size] = {
                     kills_per_service=1, failpoints=("after_fence",),
                     commit_kills=(("coordinator", "before_commit"),), rebalance_kills=1, broker_stops=("TERM",),
                     broker_down_s=8.0, registry_stops=1, registry_down_s=8.0, store_outages=1, store_down_s=10.0,
-                    data_path_outages=1, scale_events=1, bad_every=3),
+                    data_path_outages=1, scale_events=1, bad_every=3, leader_kills=(TRAINING_JOBS, CANDLES),
+                    rolling_restarts=1, object_store_outages=1, object_store_down_s=20.0),
     "full": Size("full", DEFAULT_FILES, window=600, chunk=60, speed=240.0, max_candles=4300,
                  kills_per_service=3,
                  failpoints=("after_model_files", "after_fence", "after_manifest", "after_rows", "after_publish"),
@@ -68,8 +77,17 @@ SIZES: dict[str, Size] = {
                                ("pivots", "before_commit"), ("inference", "before_commit")),
                  rebalance_kills=2, broker_stops=("TERM", "KILL"), broker_down_s=15.0, registry_stops=2,
                  registry_down_s=15.0, store_outages=2, store_down_s=20.0, data_path_outages=2, scale_events=2,
-                 bad_every=2),
+                 bad_every=2, leader_kills=(TRAINING_JOBS, CANDLES, TRAINING_JOBS, CANDLES), rolling_restarts=1,
+                 object_store_outages=2, object_store_down_s=20.0),
 }
+
+def scaling_only(size: Size) -> Size:
+    """``size``'s data with only the issue #19 faults (leader kills, rolling restart, object store
+    outage): ``--only-scaling``, a campaign of the 3-broker + S3 stack that fits ~15 min here."""
+    return replace(size, name=f"{size.name}-scaling", kills_per_service=0, failpoints=(), commit_kills=(),
+                   rebalance_kills=0, broker_stops=(), registry_stops=0, store_outages=0, data_path_outages=0,
+                   scale_events=0)
+
 
 #: Service settings of the campaign (besides INFERENCE_WINDOW), and why.
 CAMPAIGN_ENV: dict[str, str] = {

@@ -197,8 +197,21 @@ class FaultInjector(Supervisor):
         inj = Injection("trainer replica added and removed", f"trainer-{n + 2}", t, time.time())
         self._record(inj, ["trainer"])
 
-    def _stack_up(self) -> None:
-        """stack.sh up (starts only what is down) while the supervisor keeps ticking."""
+    def _stack_up(self, attempts: int = 3) -> None:
+        """stack.sh up (starts only what is down) while the supervisor keeps ticking; tried again
+        when a restarted node exits at once (on this host a port of the ephemeral range can be taken
+        by any client's connection between a node's stop and its start)."""
+        for attempt in range(attempts):
+            try:
+                self._stack_up_once()
+                return
+            except CampaignError as exc:
+                if attempt == attempts - 1:
+                    raise
+                self.say(f"    stack.sh up failed, trying again: {str(exc).splitlines()[0][:300]}")
+                self.sleep(5.0)
+
+    def _stack_up_once(self) -> None:
         p = self.stack.command("up")
         deadline = time.monotonic() + 600
         while p.poll() is None and time.monotonic() < deadline:
@@ -207,7 +220,8 @@ class FaultInjector(Supervisor):
             p.kill()
         out = p.stdout.read() if p.stdout else ""
         if p.returncode != 0:
-            raise CampaignError(f"private stack did not come back: {out[-2000:]}")
+            said = [ln for ln in out.splitlines() if not ln.startswith(("[", "\t", " ", "==>")) and ln.strip()]
+            raise CampaignError(f"private stack did not come back: {' | '.join(said[-8:])[-1500:]}\n{out[-1500:]}")
 
     def fault_broker(self, sig_name: str) -> None:
         t = time.time()
@@ -257,6 +271,77 @@ class FaultInjector(Supervisor):
             set_immutable(lake, False)
         inj = Injection("store data path read-only", f"data path immutable (chattr +i) {time.time() - t:.0f} s", t,
                         time.time())
+        self._record(inj, ["ingest", *CONSUMERS])
+
+    # -- past one machine (issue #19): the 3-broker cluster and the lake on S3 ------------------------
+    def _leader(self, logical: str) -> tuple[int, int]:
+        """(broker id, partition): the leader of ``logical``'s busiest partition."""
+        assert self.probe is not None and self.platform is not None
+        name = TopicCatalogue(self.platform).name(logical)
+        parts = self.probe.admin.list_topics(name, timeout=10).topics[name].partitions
+        ends = self.probe.end_offsets([name])
+        busiest = max(parts, key=lambda p: (ends.get((name, p), 0), -p))
+        return parts[busiest].leader, busiest
+
+    def _wait_in_sync(self, timeout: float = 180.0) -> bool:
+        """Every partition of the campaign's topics (and Kafka's internal ones) has all its replicas
+        in sync again, i.e. a restarted broker has caught up."""
+        assert self.probe is not None and self.platform is not None
+        prefix = self.platform.topic_prefix
+
+        def in_sync() -> bool:
+            try:
+                md = self.probe.admin.list_topics(timeout=10)  # type: ignore[union-attr]
+            except Exception:
+                return False
+            return all(len(p.isrs) == len(p.replicas) for t, tm in md.topics.items()
+                       if t.startswith((prefix, "__consumer_offsets", "__transaction_state"))
+                       for p in tm.partitions.values())
+
+        return self.wait(in_sync, timeout, 1.0)
+
+    def fault_leader_kill(self, logical: str) -> None:
+        """kill -9 of the broker leading ``logical``'s busiest partition while traffic flows. The
+        services are NOT restarted: their clients must ride the leader change (RF 3, min ISR 2, so
+        the two survivors keep accepting acks=all writes). The node is started again after
+        ``broker_down_s`` and has caught up before the next fault."""
+        leader, part = self._leader(logical)
+        if self.stack.pid(f"node-{leader}") is None:
+            raise CampaignError(f"cluster node {leader} is not running")
+        self.sleep(self.rng.uniform(0.0, 2.0))  # a random moment under load
+        t = time.time()
+        self.stack.stop_component(f"node-{leader}", signal.SIGKILL)
+        self.sleep(self.size.broker_down_s)
+        self._stack_up()
+        synced = self._wait_in_sync()
+        inj = Injection(f"kill -9 partition leader ({logical})", f"node {leader}, leader of partition {part}, "
+                        f"down {time.time() - t:.0f} s" + ("" if synced else "; replicas not back in sync"), t,
+                        time.time())
+        self._record(inj, ["ingest", *CONSUMERS])
+
+    def fault_rolling_restart(self) -> None:
+        """Every broker in turn: SIGTERM (controlled shutdown), started again, replicas back in
+        sync, then the next; the services run throughout."""
+        t = time.time()
+        notes = []
+        for node in range(1, self.stack.brokers + 1):
+            self.stack.stop_component(f"node-{node}", signal.SIGTERM, timeout=120)  # controlled shutdown
+            self._stack_up()
+            if not self._wait_in_sync():
+                notes.append(f"node {node}: replicas not back in sync in 180 s")
+        inj = Injection("rolling restart of all brokers", f"{self.stack.brokers} nodes one by one, "
+                        f"{time.time() - t:.0f} s" + ("; " + "; ".join(notes) if notes else ""), t, time.time())
+        self._record(inj, ["ingest", *CONSUMERS])
+
+    def fault_object_store(self) -> None:
+        """The object store (S3Proxy: the lake's Parquet files, checkpoints, trainer manifests) is
+        stopped for ``object_store_down_s``: writers and readers retry; nothing may be lost and no
+        service may exit."""
+        t = time.time()
+        self.stack.stop_component("s3proxy", signal.SIGKILL)
+        self.sleep(self.size.object_store_down_s)
+        self._stack_up()
+        inj = Injection("object store unavailable", f"S3Proxy down {time.time() - t:.0f} s", t, time.time())
         self._record(inj, ["ingest", *CONSUMERS])
 
     # -- bad input -------------------------------------------------------------------------------
@@ -309,10 +394,20 @@ class FaultInjector(Supervisor):
             faults.append(("registry", self.fault_registry))
         for _ in range(s.store_outages):
             faults.append(("store", self.fault_store))
-        for _ in range(s.data_path_outages):
+        on_s3 = getattr(self.stack, "lake", "folder") == "s3"
+        for _ in range(0 if on_s3 else s.data_path_outages):  # chattr +i: a folder only
             faults.append(("data path", self.fault_data_path))
         for n in range(s.scale_events):
             faults.append(("scale", lambda n=n: self.fault_scale(n)))  # type: ignore[misc]
+        if getattr(self.stack, "brokers", 1) >= 3:
+            for logical in s.leader_kills:
+                faults.append((f"leader kill {logical}",
+                               lambda lg=logical: self.fault_leader_kill(lg)))  # type: ignore[misc]
+            for _ in range(s.rolling_restarts):
+                faults.append(("rolling restart", self.fault_rolling_restart))
+        if getattr(self.stack, "lake", "folder") == "s3":
+            for _ in range(s.object_store_outages):
+                faults.append(("object store", self.fault_object_store))
         self.rng.shuffle(faults)
         return faults
 

@@ -12,7 +12,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ops.faults.config import CAMPAIGN_ENV, CONSUMERS, CONSUMERS_OF
@@ -29,7 +28,10 @@ if TYPE_CHECKING:
     from ops.faults.campaign import Campaign
     from services.coordinator.join_config import JoinConfig
 
-__all__ = ["Injection", "Result", "Row", "analyse"]
+__all__ = ["NO_EXIT_FAULTS", "Injection", "Result", "Row", "analyse"]
+
+#: Faults every service must ride out without exiting (a replicated cluster and a retrying store).
+NO_EXIT_FAULTS = ("kill -9 partition leader", "object store unavailable")
 
 
 def _window_of(injs: Sequence[Injection], t: float, pre: float = 2.0, post: float = 5.0) -> Injection | None:
@@ -47,8 +49,9 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     the exactly-once and pivot checks are ops.analysis's, as in ``make run``'s report."""
     from ops.analysis import Analysis
     from ops.report import collect
+    from reftrain.blobs import blobs_from_settings
     from services.coordinator.settings import load as coordinator_settings
-    from services.trainer.lineage import lineage_job_ids, read_manifest
+    from services.trainer.lineage import lineage_job_ids, manifest_relpath, read_manifest_at
     from services.trainer.spec import SPEC as TRAINER_SPEC
 
     assert c.platform is not None
@@ -82,14 +85,14 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
     # trainer: surviving lineages and what it dead-lettered
     topic = TopicCatalogue(platform).name(TRAINING_JOBS)
     lineage: Counter[str] = Counter()
-    data = Path(platform.store_data_path)
-    folder = data / "checkpoints" / "trainer"
-    for path in sorted(folder.glob("*/*/p*.json")):
-        man = read_manifest(path)
-        if man is None or man.group != TRAINER_SPEC.group(platform.topic_prefix) or man.topic != topic:
+    blobs = blobs_from_settings(platform)  # a folder, or the bucket with --lake s3
+    group = TRAINER_SPEC.group(platform.topic_prefix)
+    for part in range(platform.topic_partitions):
+        man = read_manifest_at(blobs, manifest_relpath(group, topic, part))
+        if man is None or man.group != group or man.topic != topic:
             continue
         for entry in man.models.values():
-            lineage.update(lineage_job_ids(data, entry.checkpoint_path))
+            lineage.update(lineage_job_ids(blobs, entry.checkpoint_path))
     cat = TopicCatalogue(platform)
     serdes = Serdes(platform, cat)
     job_serde = serdes.for_topic(TRAINING_JOBS)
@@ -218,6 +221,10 @@ def analyse(c: Campaign, crash_loops: list[str]) -> Result:
         "every fault recovered": totals.not_recovered == 0,
         "jobs were produced": totals.expected > 0,
     }
+    no_exit = [r for r in rows.values() if r.fault.startswith(NO_EXIT_FAULTS)]
+    if no_exit:  # issue #19: services ride these out without a restart
+        checks["no unplanned service exit during " + ", ".join(r.fault for r in no_exit)] = all(
+            r.crashes == 0 and r.hung == 0 for r in no_exit)
     inj = [{**asdict(j), "recovery_s": j.recovery_s} for j in c.injections]
     meta = {"size": asdict(c.size), "seed": c.seed, "topic_prefix": platform.topic_prefix, "git": c.git,
             "catalog": redact_text(platform.store_catalog), "chunks_fed": c.next_chunk,

@@ -221,7 +221,13 @@ def load_checkpoint(path: str | os.PathLike[str], adapter_cls: type[A], device: 
     adapter and scheme against ``adapter_cls`` (the adapter's loader never sees another model's
     bytes), then the adapter loads its state.
     """
-    data = Path(path).read_bytes()
+    return load_checkpoint_bytes(Path(path).read_bytes(), adapter_cls, device, expected_sha256, str(path))
+
+
+def load_checkpoint_bytes(data: bytes, adapter_cls: type[A], device: str | None = None,
+                          expected_sha256: str | None = None, path: str = "checkpoint") -> tuple[A, dict[str, Any]]:
+    """``load_checkpoint`` of bytes already read (from a file or an object store); ``path`` names
+    them in errors."""
     if expected_sha256:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256.lower():

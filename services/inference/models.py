@@ -28,9 +28,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,9 +41,10 @@ from reftrain.adapters import (
     ChecksumMismatchError,
     TrainingAdapter,
     load_adapter,
-    load_checkpoint,
+    load_checkpoint_bytes,
 )
-from reftrain.errors import InvalidRecordError
+from reftrain.blobs import BlobPathError, LocalBlobs, S3Blobs, blobs_of, check_relpath
+from reftrain.errors import InvalidRecordError, StoreError
 from reftrain.records import ModelVersion
 from services.inference import metrics
 
@@ -96,6 +98,8 @@ class ModelRegistry:
         self._current: dict[str, LoadedModel] = {}
         #: model key -> version -> the checkpoint it named (loaded or announced), for the conflict check
         self._seen: dict[str, dict[int, VersionIdentity]] = {}
+        #: where checkpoints are read: files under a local data path, objects under an s3:// one
+        self._blobs = blobs_of(store)
 
     # -- lookups -------------------------------------------------------------------------------
     def seed_model(self) -> TrainingAdapter:
@@ -188,7 +192,7 @@ class ModelRegistry:
 
     def resolve(self, checkpoint_path: str) -> Path:
         """Absolute path of a checkpoint named relative to the store's data path (never outside it)."""
-        root = Path(self._store.data_path).resolve()
+        root = Path(self._blobs.root if isinstance(self._blobs, LocalBlobs) else self._store.data_path).resolve()
         rel = Path(checkpoint_path)
         if rel.is_absolute():
             raise InvalidRecordError("checkpoint_path_absolute", checkpoint_path)
@@ -198,9 +202,24 @@ class ModelRegistry:
         return path
 
     def _load(self, key: str, version: int, checkpoint_path: str, sha256: str | None = None) -> LoadedModel:
-        path = self.resolve(checkpoint_path)
+        read: Callable[[], bytes]
+        if isinstance(self._blobs, S3Blobs):  # no local folder: the same containment rule on the key
+            try:
+                rel = check_relpath(checkpoint_path)
+            except BlobPathError as exc:
+                raise InvalidRecordError(exc.reason, checkpoint_path) from exc
+            path: Path | str = self._blobs.describe(rel)
+            read = functools.partial(self._blobs.read, rel)
+        else:
+            path = self.resolve(checkpoint_path)
+            read = path.read_bytes
+        data = b""
         try:
-            net, meta = load_checkpoint(path, self.adapter_cls, self.device, expected_sha256=sha256)
+            data = read()
+            net, meta = load_checkpoint_bytes(data, self.adapter_cls, self.device, expected_sha256=sha256,
+                                              path=str(path))
+        except StoreError:  # the object store unreachable past its retries: transient, not the record's fault
+            raise
         except ChecksumMismatchError as exc:
             metrics.MODEL_LOADS.labels("sha256_mismatch").inc()
             raise InvalidRecordError("checkpoint_sha256_mismatch", str(exc)) from exc
@@ -216,6 +235,5 @@ class ModelRegistry:
                 "checkpoint_mismatch",
                 f"{path} holds {meta.get('model_key')!r} v{meta.get('version')}, expected {key!r} v{version}")
         if not sha256:  # loaded from the store's row (no checksum there): the file's own, for the repeat check
-            with contextlib.suppress(OSError):
-                sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            sha256 = hashlib.sha256(data).hexdigest()
         return LoadedModel(key, version, net, checkpoint_path, sha256 or None)

@@ -14,13 +14,13 @@ CUDA deterministic kernels are chosen only with ``TRAINER_STRICT_DETERMINISM`` (
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,10 +29,11 @@ import torch
 from reftrain.adapters import (
     CandleExample,
     TrainingAdapter,
+    checkpoint_bytes,
     load_adapter,
-    load_checkpoint,
-    save_checkpoint,
+    load_checkpoint_bytes,
 )
+from reftrain.blobs import Blobs, blobs_of
 from reftrain.failpoint import Failpoint
 from reftrain.model import DEFAULT_SEED, select_device, set_determinism
 from reftrain.records import ModelVersion
@@ -47,8 +48,8 @@ from services.trainer.lineage import (
     checkpoint_relpath,
     digest_add,
     manifest_relpath,
-    read_manifest,
-    write_manifest,
+    read_manifest_at,
+    write_manifest_at,
 )
 from services.trainer.settings import FAILPOINT_STAGES, TrainerSettings
 from services.trainer.windows import WindowFetcher, WindowSource
@@ -165,7 +166,9 @@ class TrainerEngine:
         self.adapter_cls.configure({"lr": settings.lr, "amp": self.amp})
         self.fetcher = WindowFetcher(store, settings.cache_rows)
         self.parts: dict[int, PartitionState] = {}
-        self.data_path = Path(store.data_path)
+        self.data_path = store.data_path
+        #: checkpoints and manifests: files under a local data path, objects under an s3:// one
+        self.blobs: Blobs = blobs_of(store)
         self._probe: TrainingAdapter | None = None
         self._failpoint = Failpoint(settings.failpoint, FAILPOINT_STAGES, "TRAINER_FAILPOINT", kill=kill_on_failpoint)
         if warm_up:
@@ -191,13 +194,14 @@ class TrainerEngine:
                                      "adapter": self.adapter_cls.kind()})
 
     # -- ownership -----------------------------------------------------------------------------
-    def manifest_path(self, partition: int) -> Path:
-        return self.data_path / manifest_relpath(self.group, self.topic, partition)
+    def manifest_path(self, partition: int) -> str:
+        """The manifest of ``partition``, relative to the data path (``self.blobs``)."""
+        return manifest_relpath(self.group, self.topic, partition)
 
     def assign(self, partition: int) -> int | None:
         """Load partition ``partition``'s committed state; returns the offset to seek to (None: no
         manifest yet, start from the earliest offset)."""
-        manifest = read_manifest(self.manifest_path(partition))
+        manifest = read_manifest_at(self.blobs, self.manifest_path(partition))
         state = PartitionState(partition, seq=manifest.seq if manifest else 0,
                                next_offset=manifest.next_offset if manifest else None,
                                last_checkpoint=self.clock())
@@ -336,7 +340,9 @@ class TrainerEngine:
                 "group": self.group, "topic": self.topic, "partition": partition,
                 "device": str(self.device), "amp": self.amp, "seed": DEFAULT_SEED,
             }
-            sha = save_checkpoint(self.data_path / path, lin.adapter, meta)
+            data = checkpoint_bytes(lin.adapter, meta)
+            self.blobs.write(path, data)
+            sha = hashlib.sha256(data).hexdigest()
             written[key] = ModelEntry(version, path, trained, digest, now_ms, sha)
             metas[key] = interval
         self._fail("after_model_files")
@@ -353,7 +359,7 @@ class TrainerEngine:
         manifest = PartitionManifest(self.group, self.topic, partition, state.next_offset, state.seq + 1,
                                      committed, dict(state.rejected), now_ms)
         try:  # (3) THE COMMIT POINT
-            write_manifest(self.manifest_path(partition), manifest, expected_seq=state.seq)
+            write_manifest_at(self.blobs, self.manifest_path(partition), manifest, expected_seq=state.seq)
         except Exception:
             metrics.CHECKPOINTS.labels("conflict").inc()
             raise
@@ -410,8 +416,9 @@ class TrainerEngine:
         return Lineage(key, self.adapter_cls.create(DEFAULT_SEED, str(self.device)))
 
     def _load(self, key: str, entry: ModelEntry) -> Lineage:
-        adapter, meta = load_checkpoint(self.data_path / entry.checkpoint_path, self.adapter_cls, str(self.device),
-                                        expected_sha256=entry.sha256 or None)
+        adapter, meta = load_checkpoint_bytes(self.blobs.read(entry.checkpoint_path), self.adapter_cls,
+                                              str(self.device), expected_sha256=entry.sha256 or None,
+                                              path=self.blobs.describe(entry.checkpoint_path))
         if meta.get("model_key") != key or int(meta.get("version", -1)) != entry.version:
             raise ValueError(f"{entry.checkpoint_path}: meta says {meta.get('model_key')} v{meta.get('version')}, "
                              f"manifest says {key} v{entry.version}")

@@ -16,7 +16,8 @@ The protocol (services/trainer/README.md has the long form):
   of its parent); (2) the dead letters of rejected jobs are flushed and the offsets are committed to
   Kafka synchronously: this is a FENCE as much as information, because the group coordinator refuses
   the commit of a member that has lost the partition (a zombie stops here); (3) the manifest is
-  replaced atomically (temp file, fsync, rename, directory fsync) after checking that its ``seq`` is
+  replaced atomically (temp file, fsync, rename, directory fsync; on an s3:// data path one PUT,
+  reftrain.blobs) after checking that its ``seq`` is
   still the one this owner loaded or last wrote: THIS RENAME IS THE COMMIT POINT; (4) a
   ``model_versions`` row per new version; (5) a ModelVersion per new version on ``model-versions``.
 * On assignment of ``p`` the owner reads the manifest, loads each model's checkpoint, repairs a
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from reftrain.adapters import atomic_write
+from reftrain.blobs import Blobs, LocalBlobs
 
 MANIFEST_FORMAT = "reftrain-trainer-manifest-v1"
 DIGEST_BITS = 128
@@ -141,50 +142,69 @@ class PartitionManifest:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> PartitionManifest | None:
+    target = Path(path)
+    return read_manifest_at(LocalBlobs(target.parent), target.name)
+
+
+def read_manifest_at(blobs: Blobs, rel: str) -> PartitionManifest | None:
+    """The manifest at ``rel`` of a data path (a folder or an object store); None if there is none."""
     try:
-        data = Path(path).read_bytes()
+        data = blobs.read(rel)
     except FileNotFoundError:
         return None
     return PartitionManifest.from_json(data)
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: PartitionManifest, expected_seq: int) -> None:
-    """Replace the manifest atomically, unless the one on disk has another ``seq`` than expected.
-
-    The check and the rename are not one atomic step across processes; the Kafka commit fence
-    before it makes a concurrent writer (a zombie past its session) very unlikely, and this check
-    turns the remaining window into milliseconds."""
     target = Path(path)
-    current = read_manifest(target)
+    write_manifest_at(LocalBlobs(target.parent), target.name, manifest, expected_seq)
+
+
+def write_manifest_at(blobs: Blobs, rel: str, manifest: PartitionManifest, expected_seq: int) -> None:
+    """Replace the manifest atomically, unless the stored one has another ``seq`` than expected.
+
+    The check and the write are not one atomic step across processes (on a folder: the rename; on
+    S3: the PUT, atomic for readers); the Kafka commit fence before it makes a concurrent writer (a
+    zombie past its session) very unlikely, and this check turns the remaining window into
+    milliseconds."""
+    current = read_manifest_at(blobs, rel)
     on_disk = current.seq if current is not None else 0
     if on_disk != expected_seq:
-        raise ManifestConflict(f"{target}: seq {on_disk} on disk, this owner expected {expected_seq}")
-    atomic_write(target, manifest.to_json())
+        raise ManifestConflict(f"{blobs.describe(rel)}: seq {on_disk} stored, this owner expected {expected_seq}")
+    blobs.write(rel, manifest.to_json())
 
 
-def read_meta(data_path: str | os.PathLike[str], checkpoint_path: str) -> dict[str, Any]:
-    """The meta of a checkpoint file (path relative to the store's data path); reads only the
-    container's JSON header (``reftrain.adapters``), so auditing needs no torch and no adapter."""
+def _blobs(data_path: Blobs | str | os.PathLike[str]) -> Blobs:
+    if isinstance(data_path, (str, os.PathLike)):
+        return LocalBlobs(data_path)
+    return data_path
+
+
+def read_meta(data_path: Blobs | str | os.PathLike[str], checkpoint_path: str) -> dict[str, Any]:
+    """The meta of a checkpoint file (path relative to the store's data path, a folder or the
+    ``Blobs`` of an object store); reads only the container's JSON header (``reftrain.adapters``),
+    so auditing needs no torch and no adapter."""
     from reftrain.adapters import read_header
 
-    header, _ = read_header((Path(data_path) / checkpoint_path).read_bytes())
+    header, _ = read_header(_blobs(data_path).read(checkpoint_path))
     meta: dict[str, Any] = header["meta"]
     return meta
 
 
-def lineage_metas(data_path: str | os.PathLike[str], checkpoint_path: str) -> list[dict[str, Any]]:
+def lineage_metas(data_path: Blobs | str | os.PathLike[str], checkpoint_path: str) -> list[dict[str, Any]]:
     """Metas of a checkpoint and all its ancestors (``parent`` links), oldest first."""
+    blobs = _blobs(data_path)
     chain: list[dict[str, Any]] = []
     path: str | None = checkpoint_path
     while path:
-        meta = read_meta(data_path, path)
+        meta = read_meta(blobs, path)
         chain.append(meta)
         path = meta.get("parent")
     chain.reverse()
     return chain
 
 
-def lineage_job_ids(data_path: str | os.PathLike[str], checkpoint_path: str) -> list[str]:
+def lineage_job_ids(data_path: Blobs | str | os.PathLike[str], checkpoint_path: str) -> list[str]:
     """Ids of every job in the lineage ending at ``checkpoint_path``, in training order (each
     version's meta lists the jobs it added). A job trained twice would appear twice."""
     return [j for meta in lineage_metas(data_path, checkpoint_path) for j in meta.get("job_ids", [])]

@@ -1,5 +1,6 @@
-"""A private 3-node KRaft cluster (deploy/local/stack.sh cluster-up) on ports 41000-41012, in its
-own state folder, stopped at the end; the registry and catalog are the session's stack."""
+"""A private 3-node KRaft cluster (deploy/local/stack.sh cluster-up) on ports from 24100 (below the
+kernel's ephemeral range), in its own state folder, stopped at the end; the registry and catalog
+are the session's stack."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from ops.stages import STACK
 from reftrain.settings import PlatformSettings
 
-CLUSTER_PORT = 41000
+#: Below the ephemeral range (32768+): there, peers dialling a node's controller port before it
+#: binds can take the port through a TCP self-connect ("Address already in use"; ops/faults/stack.py).
+CLUSTER_PORT = 24100
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,11 @@ def _ports_free(base: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """41xxx lies in the kernel's ephemeral range: any client's outgoing connection can hold one
-    of the ports, so the base is the first of a few whose six ports are free, and a start that
-    lost a port anyway (a node exits at once, 'Address already in use') is tried once more."""
+    """The base is the first of a few whose six ports are free, and a start that lost a port anyway
+    (a node exits at once, 'Address already in use') is tried once more."""
     state = tmp_path_factory.mktemp("cluster-stack")
     bases = [b for b in range(CLUSTER_PORT, CLUSTER_PORT + 1000, 100) if _ports_free(b)][:2]
-    assert bases, "no free port block in 41000-41999"
+    assert bases, f"no free port block in {CLUSTER_PORT}-{CLUSTER_PORT + 999}"
     env: dict[str, str] = {}
     try:
         for attempt, base in enumerate(bases):
@@ -71,26 +73,41 @@ def cluster_platform(platform: PlatformSettings, cluster: Cluster) -> PlatformSe
     return replace(platform, kafka_bootstrap_servers=cluster.bootstrap)
 
 
-S3_PORT = 41300
+#: REFTRAIN_TEST_S3_PORT moves it; below the ephemeral range for the reason of CLUSTER_PORT (stack.sh
+#: polls the port with a connect while S3Proxy starts: a self-connect there would even pass the poll).
+S3_PORT = int(os.environ.get("REFTRAIN_TEST_S3_PORT", "24300"))
 
 
 @dataclass(frozen=True)
 class S3:
     env: dict[str, str]  # the STORE_S3_* variables of `stack.sh s3-env`
     backing: Path  # S3Proxy's filesystem backend: the bucket's objects as files
+    port: int = S3_PORT
 
 
-@pytest.fixture(scope="module")
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    """A private S3Proxy (deploy/local/stack.sh s3-up) on port 41300, stopped at the end."""
+    """A private S3Proxy (deploy/local/stack.sh s3-up) on the first free port from S3_PORT, one per
+    pytest session (xdist worker): a JVM takes 5-10 s to start; every test has its own prefix.
+    Stopped at the end."""
     state = tmp_path_factory.mktemp("s3-stack")
-    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_S3_PORT=str(S3_PORT))
+    port = next((p for p in range(S3_PORT, S3_PORT + 50) if _port_free(p)), S3_PORT)
+    env = dict(os.environ, REFTRAIN_STACK_DIR=str(state), REFTRAIN_S3_PORT=str(port))
     up = subprocess.run([str(STACK), "s3-up"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         out = subprocess.run([str(STACK), "s3-env"], env=env, capture_output=True, text=True, check=True).stdout
         pairs = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines() if "=" in line)
-        yield S3({k: v for k, v in pairs.items() if k.startswith("STORE_S3_")}, state / "s3")
+        yield S3({k: v for k, v in pairs.items() if k.startswith("STORE_S3_")}, state / "s3", port)
     finally:
         subprocess.run([str(STACK), "s3-down"], env=env, capture_output=True, timeout=60)
 

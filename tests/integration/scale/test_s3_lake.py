@@ -27,7 +27,7 @@ from reftrain.settings import PlatformSettings
 from reftrain.store import Store
 from reftrain.window import window_checksum
 from services.trainer.windows import WindowRequest, verify_window
-from tests.integration.scale.conftest import S3, S3_PORT
+from tests.integration.scale.conftest import S3
 from tests.support import real_candles
 
 pytestmark = pytest.mark.kafka  # the session stack's PostgreSQL catalog + a private S3Proxy
@@ -172,7 +172,7 @@ def test_a_short_object_store_outage_is_retried_and_nothing_is_lost(s3_platform:
     candles = real_candles(BTC, limit=3000)
     store = Store.from_settings(s3_platform)
     store.append_candles(candles[:1500])
-    env = dict(os.environ, REFTRAIN_STACK_DIR=str(s3.backing.parent), REFTRAIN_S3_PORT=str(S3_PORT))
+    env = dict(os.environ, REFTRAIN_STACK_DIR=str(s3.backing.parent), REFTRAIN_S3_PORT=str(s3.port))
     subprocess.run([str(STACK), "s3-down"], env=env, check=True, capture_output=True, timeout=60)
 
     def back() -> None:
