@@ -169,9 +169,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     versions = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
     s.excerpt("engine and compose", f"docker {versions}; {s.run('version', '--short').stdout.strip()} "
               f"({shlex.join(compose)}); project {project}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    s.excerpt("docker image ls (the images of the stack)", docker(
-        "image", "ls", "--format", "{{.Repository}}:{{.Tag}}\t{{.Size}}").stdout
-        .replace("\t", "  "), max_lines=30)
+    images = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}  {{.Size}}").stdout.splitlines()
+    s.excerpt("docker image ls (the images of the stack)",
+              "\n".join(sorted(i for i in images if i.startswith("reftrain"))))
     s.figures["phase2_files"] = ",".join(f"/replay/{Path(e['file']).name}" for e in prepared)
     try:
         yield s
