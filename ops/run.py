@@ -230,6 +230,7 @@ def service_env(base: dict[str, str], platform: PlatformSettings, instance: str,
         "KAFKA_BOOTSTRAP_SERVERS": platform.kafka_bootstrap_servers,
         "SCHEMA_REGISTRY_URL": platform.schema_registry_url,
         "STORE_CATALOG": platform.store_catalog,
+        "STORE_CATALOG_PASSWORD_FILE": platform.store_catalog_password_file,
         "STORE_DATA_PATH": platform.store_data_path,
         "TOPIC_PREFIX": platform.topic_prefix,
         "TOPIC_PARTITIONS": str(platform.topic_partitions),
@@ -261,6 +262,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     view: KafkaView | None = None
     summary: dict[str, Any] = {"run id": run_id}
     service_extra: dict[str, str] = {}
+    catalog_env: dict[str, str] = dict(os.environ)
     console.print(f"[bold]reftrain run {run_id}[/bold]: logs and report in {run_dir}")
     try:
         with signals_raise():
@@ -277,11 +279,13 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
                 stack_started = True  # set first: an interrupted `up` is still ours to take down
                 start_local_stack(console)
             base_env = external if external is not None else report_mod.stack_env()
+            # the admin login for the run's catalog database (ops.catalog): this shell's, or the stack's
+            catalog_env = {**os.environ, **base_env}
             platform = settings_mod.platform(base_env)
             db = "run_" + run_id.replace("-", "_").lower()
             platform = PlatformSettings(**{
                 **asdict(platform), "topic_prefix": f"{run_id}-",
-                "store_catalog": fresh_catalog(platform.store_catalog, db),
+                "store_catalog": fresh_catalog(platform.store_catalog, db, environ=catalog_env),
                 "store_data_path": str(REPO / ".local" / "runs" / run_id / "lake"), "http_port": 0})
             warmup = config.warmup
             if warmup is None:
@@ -378,7 +382,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
     if view is not None:
         view.close()
     if config.cleanup and platform is not None:
-        _cleanup(platform)
+        _cleanup(platform, catalog_env)
     if stack_started and not config.keep_stack:
         console.print("[bold]stopping the local stack this run started[/bold]")
         _stack("down", check=False)
@@ -561,7 +565,7 @@ def cleanup_run(run_dir: Path) -> None:
     _cleanup(settings_mod.from_public(meta["platform"]))
 
 
-def _cleanup(platform: PlatformSettings) -> None:
+def _cleanup(platform: PlatformSettings, catalog_env: dict[str, str] | None = None) -> None:
     """Delete the run's topics, catalog database and store folder (tests; demos keep them)."""
     with contextlib.suppress(Exception):
         view = KafkaView(platform)
@@ -570,7 +574,7 @@ def _cleanup(platform: PlatformSettings) -> None:
         finally:
             view.close()
     with contextlib.suppress(Exception):
-        drop_catalog(platform.store_catalog)
+        drop_catalog(platform.store_catalog, environ=catalog_env)
     shutil.rmtree(Path(platform.store_data_path).parent, ignore_errors=True)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from ops.catalog import fresh_catalog
 from ops.stages import STACK, parse_stack_env
 from reftrain import settings as settings_mod
 from reftrain.settings import PlatformSettings
-from tests.support import catalog_admin, register_schemas
+from tests.support import register_schemas
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +88,7 @@ def stack() -> Iterator[dict[str, str]]:
     """Environment of a running stack; starts one if none is given or running."""
     if _external_stack():
         yield {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG",
-                                           "STORE_DATA_PATH") if k in os.environ}
+                                           "STORE_CATALOG_PASSWORD_FILE", "STORE_DATA_PATH") if k in os.environ}
         return
     was_up = subprocess.run([str(STACK), "status"], capture_output=True).returncode == 0
     if not was_up:
@@ -101,23 +102,13 @@ def stack() -> Iterator[dict[str, str]]:
         subprocess.run([str(STACK), "down"], check=False)
 
 
-def _pg_conninfo(catalog: str) -> dict[str, str]:
-    body = catalog.split(":", 1)[1]
-    return dict(part.split("=", 1) for part in body.split())
-
-
 @pytest.fixture
 def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
     """Platform settings with a random topic prefix and a fresh store (own catalog database)."""
     base = settings_mod.platform(stack)
     prefix = f"t{uuid.uuid4().hex[:10]}-"
-    catalog = base.store_catalog
-    if catalog.startswith("postgres:"):
-        info = _pg_conninfo(catalog)
-        db = f"test_{uuid.uuid4().hex[:12]}"
-        catalog_admin(base, f"create database {db}")
-        info["dbname"] = db
-        catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
+    # created by the admin role, owned by the services' role (ops.catalog; docs/security.md)
+    catalog = fresh_catalog(base.store_catalog, f"test_{uuid.uuid4().hex[:12]}")
     p = replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
     register_schemas(p)  # what the init job does in compose: services never register schemas
     return p
@@ -131,6 +122,7 @@ def platform_env(platform: PlatformSettings) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": platform.kafka_bootstrap_servers,
         "SCHEMA_REGISTRY_URL": platform.schema_registry_url,
         "STORE_CATALOG": platform.store_catalog,
+        "STORE_CATALOG_PASSWORD_FILE": platform.store_catalog_password_file,
         "STORE_DATA_PATH": platform.store_data_path,
         "TOPIC_PREFIX": platform.topic_prefix,
         "TOPIC_PARTITIONS": str(platform.topic_partitions),

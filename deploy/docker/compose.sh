@@ -25,6 +25,16 @@ if [ -z "${GRAFANA_ADMIN_PASSWORD:-}" ]; then
   GRAFANA_ADMIN_PASSWORD="$(cat .local/engine/grafana-password)"
 fi
 export GRAFANA_ADMIN_PASSWORD
+# PostgreSQL's superuser and the two least-privilege roles (docs/security.md): random, kept here.
+for var in POSTGRES_PASSWORD CATALOG_DB_PASSWORD REGISTRY_DB_PASSWORD; do
+  if [ -z "${!var:-}" ]; then
+    f=".local/engine/$(echo "$var" | tr 'A-Z_' 'a-z-')"
+    mkdir -p .local/engine
+    [ -s "$f" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$f")
+    printf -v "$var" '%s' "$(cat "$f")"
+  fi
+  export "${var?}"
+done
 compose() {
   local c; read -r -a c <<<"$("$HERE/engine.sh" compose)"
   "${c[@]}" "${files[@]}" --profile cpu "$@"

@@ -124,31 +124,124 @@ pg_fail() {
   die "PostgreSQL did not start ($1): $(tail -n 3 "$PG_DATA/server.log" 2>/dev/null | tr '\n' ' ')"
 }
 
+# Authentication (issue 17): SCRAM passwords for every connection, socket included; no trust. Roles:
+#   postgres  the superuser: the stack's own set-up, ops/catalog.py, tests that create and drop their
+#             own catalog databases (REFTRAIN_CATALOG_ADMIN_USER / _PASSWORD_FILE in `env`)
+#   reftrain  the services: LOGIN only (no superuser, createdb, createrole); owns the catalog
+#             database reftrain (DuckLake creates its tables on the first ATTACH, and its inlined-data
+#             tables later, so the services need DDL in their own database and nowhere else)
+#   registry  Apicurio: owns the database registry only
+# CONNECT on reftrain, registry and postgres is revoked from PUBLIC (owners and the superuser keep
+# it). Random passwords are made at initdb into $STATE/pg-auth/<role>.password (mode 600, folder
+# 700). A cluster made by an older stack.sh with trust auth is converted on its next `up`.
+PG_AUTH="$STATE/pg-auth"
+
+pg_secret() {  # a random password per role, made once per stack
+  mkdir -p "$PG_AUTH"; chmod 700 "$PG_AUTH"
+  local f="$PG_AUTH/$1.password"
+  [ -s "$f" ] || (umask 077; openssl rand -hex 18 >"$f")
+  cat "$f"
+}
+
+# psql as the superuser over loopback; SQL on stdin (passwords never on a command line).
+pg_sql() {
+  PGPASSWORD="$(pg_secret postgres)" PGCONNECT_TIMEOUT=10 "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 \
+    -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "${1:-postgres}" -f - >/dev/null
+}
+
+pg_legacy_trust() { grep -Eq '^[^#]*[[:space:]]trust([[:space:]]|$)' "$PG_DATA/pg_hba.conf" 2>/dev/null; }
+
+# Roles, passwords, database owners: idempotent, run at every `up` (a deleted password file gets a
+# new password this way: docs/security.md, rotation).
+pg_roles() {
+  local db
+  pg_sql postgres <<SQL
+ALTER ROLE postgres PASSWORD '$(pg_secret postgres)';
+DO \$\$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reftrain') THEN CREATE ROLE reftrain; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'registry') THEN CREATE ROLE registry; END IF;
+END\$\$;
+ALTER ROLE reftrain LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$(pg_secret reftrain)';
+ALTER ROLE registry LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$(pg_secret registry)';
+SQL
+  for db in reftrain registry; do  # each database is owned by the role of the same name
+    if PGPASSWORD="$(pg_secret postgres)" "$(pg_bin)/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+         -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
+      echo "ALTER DATABASE $db OWNER TO $db;" | pg_sql postgres
+    else
+      echo "CREATE DATABASE $db OWNER $db;" | pg_sql postgres
+    fi
+  done
+  echo "REVOKE ALL ON DATABASE reftrain, registry, postgres FROM PUBLIC;" | pg_sql postgres
+}
+
+# An older stack's tables belong to postgres: hand those of reftrain and registry to their role.
+pg_reassign_tables() {
+  local db
+  for db in reftrain registry; do
+    pg_sql "$db" <<SQL
+DO \$\$DECLARE r record; BEGIN
+  FOR r IN SELECT c.relkind, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+             AND c.relkind IN ('r', 'p', 'v', 'm', 'S') AND pg_get_userbyid(c.relowner) <> '$db'
+             AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('ALTER %s %I.%I OWNER TO %I', CASE r.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                   WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.nspname, r.relname, '$db');
+  END LOOP;
+  FOR r IN SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+           AND nspname NOT LIKE 'pg_%' AND pg_get_userbyid(nspowner) <> '$db'
+  LOOP EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, '$db'); END LOOP;
+END\$\$;
+SQL
+  done
+}
+
+pg_hba() {  # what initdb --auth-local/--auth-host=scram-sha-256 writes, for converting an old cluster
+  cat >"$PG_DATA/pg_hba.conf" <<EOF
+# deploy/local/stack.sh: SCRAM passwords for every connection (loopback and socket), no trust
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   replication     all                                     scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+EOF
+}
+
 pg_up() {
   local bin; bin="$(pg_bin)" || die "PostgreSQL is not installed (run 'make deps')"
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    log "initialising PostgreSQL in $PG_DATA"
+    log "initialising PostgreSQL in $PG_DATA (SCRAM auth; passwords in $PG_AUTH)"
     mkdir -p "$PG_DATA" || die "cannot create $PG_DATA"
+    local pwfile; pwfile="$(mktemp)"
+    pg_secret postgres >"$pwfile"
     if [ "$(id -u)" = 0 ]; then
-      id "$PG_USER_OS" >/dev/null 2>&1 || die "OS user '$PG_USER_OS' for PostgreSQL does not exist (install postgresql: 'make deps')"
-      chown -R "$PG_USER_OS" "$PG_DATA"
+      id "$PG_USER_OS" >/dev/null 2>&1 || { rm -f "$pwfile"; die "OS user '$PG_USER_OS' for PostgreSQL does not exist (install postgresql: 'make deps')"; }
+      chown -R "$PG_USER_OS" "$PG_DATA" "$pwfile"
     fi
     chmod 700 "$PG_DATA"
-    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >"$STATE/initdb.log" 2>&1 \
-      || die "PostgreSQL initdb failed in $PG_DATA: $(tail -n 2 "$STATE/initdb.log" | tr '\n' ' ')"
+    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
+      --pwfile="$pwfile" -E UTF8 >"$STATE/initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; die "PostgreSQL initdb failed in $PG_DATA: $(tail -n 2 "$STATE/initdb.log" | tr '\n' ' ')"; }
+    rm -f "$pwfile"
+  elif ! pg_legacy_trust && [ ! -s "$PG_AUTH/postgres.password" ]; then
+    die "PostgreSQL in $PG_DATA wants a password but $PG_AUTH/postgres.password is gone: 'stack.sh reset' makes a new catalog"
   fi
-  if as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then return; fi
-  check_port_free postgres "$PG_PORT"
-  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
-    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null 2>&1 \
-    || pg_fail "pg_ctl start"
-  local db
-  for db in reftrain registry; do
-    if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select 1 from pg_database where datname='$db'" | grep -q 1; then
-      "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "create database $db" >/dev/null
-    fi
-  done
+  if ! as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+    check_port_free postgres "$PG_PORT"
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+      -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null 2>&1 \
+      || pg_fail "pg_ctl start"
+  fi
+  pg_roles || die "PostgreSQL role set-up failed (see $PG_DATA/server.log)"
+  if pg_legacy_trust; then
+    log "converting PostgreSQL from trust to SCRAM auth (roles reftrain, registry; passwords in $PG_AUTH)"
+    pg_reassign_tables || die "PostgreSQL: handing the tables to their roles failed"
+    pg_hba
+    as_pg "$bin/pg_ctl" -D "$PG_DATA" reload >/dev/null || die "PostgreSQL reload failed"
+  fi
 }
 
 pg_down() {
@@ -231,12 +324,13 @@ registry_up() {
   local java; java="$(java_for_registry)"
   check_port_free registry "$REGISTRY_PORT"; check_port_free "registry management" "$REGISTRY_MGMT_PORT"
   log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (storage: PostgreSQL)"
-  (cd "$RUNTIME/apicurio" && exec nohup "$java" -Xms128m -Xmx512m \
+  # The password by environment (Quarkus reads APICURIO_DATASOURCE_PASSWORD), never on a command line.
+  (cd "$RUNTIME/apicurio" && APICURIO_DATASOURCE_PASSWORD="$(pg_secret registry)" exec nohup "$java" -Xms128m -Xmx512m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
     -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$REGISTRY_MGMT_PORT" \
     -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
     -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
-    -Dapicurio.datasource.username=postgres -Dapicurio.datasource.password=postgres \
+    -Dapicurio.datasource.username=registry \
     -Dapicurio.rest.deletion.artifact.enabled=true -Dapicurio.rest.deletion.artifact-version.enabled=true \
     -jar quarkus-run.jar >"$dir/stdout.log" 2>&1) &
   echo $! >"$pidf"
@@ -262,7 +356,10 @@ export_env() {
   cat <<EOF
 export KAFKA_BOOTSTRAP_SERVERS=$bootstrap
 export SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
-export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=postgres'
+export STORE_CATALOG='postgres:dbname=reftrain host=127.0.0.1 port=$PG_PORT user=reftrain'
+export STORE_CATALOG_PASSWORD_FILE=$PG_AUTH/reftrain.password
+export REFTRAIN_CATALOG_ADMIN_USER=postgres
+export REFTRAIN_CATALOG_ADMIN_PASSWORD_FILE=$PG_AUTH/postgres.password
 export STORE_DATA_PATH=$STATE/lake
 EOF
   if use_s3; then s3_env; fi

@@ -63,14 +63,16 @@ class Campaign(FaultInjector):
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
         env = self.stack.platform_env()
+        self.catalog_env = {**os.environ, **env}  # the private stack's admin login (ops.catalog)
         base = settings_mod.platform(env)
         db = "faults_" + uuid.uuid4().hex[:12]
         self.platform = PlatformSettings(**{
             **asdict(base), "topic_prefix": f"{self.run_id}-",
-            "store_catalog": catalog.fresh_catalog(base.store_catalog, db),
+            "store_catalog": catalog.fresh_catalog(base.store_catalog, db, environ=self.catalog_env),
             "store_data_path": str(self.out / "lake"), "http_port": 0})
         self.base_env = dict(os.environ)
-        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
+        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_CATALOG_PASSWORD_FILE",
+                  "STORE_DATA_PATH", "REFTRAIN_CATALOG_ADMIN_USER", "REFTRAIN_CATALOG_ADMIN_PASSWORD_FILE"):
             self.base_env.pop(k, None)
         self.probe = KafkaView(self.platform, timeout=5.0)
         init_cluster.prepare(self.platform, self.probe.admin)  # topics + schemas (services never register)
@@ -250,7 +252,7 @@ def run_campaign(opts: Options, log: Callable[[str], None] = say) -> Result:
                     set_immutable(Path(campaign.platform.store_data_path), False)
             if not opts.keep_data and campaign.platform is not None:
                 with contextlib.suppress(Exception):
-                    catalog.drop_catalog(campaign.platform.store_catalog)
+                    catalog.drop_catalog(campaign.platform.store_catalog, environ=campaign.catalog_env)
                 shutil.rmtree(out / "lake", ignore_errors=True)
         if not opts.keep_stack:
             log("stopping the private stack")

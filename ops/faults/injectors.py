@@ -47,6 +47,7 @@ class FaultInjector(Supervisor):
         self.platform: PlatformSettings | None = None
         self.probe: KafkaView | None = None
         self.base_env: dict[str, str] = {}
+        self.catalog_env: dict[str, str] | None = None  # the private stack's variables, for ops.catalog
 
     def add(self, stage: str, instance: str, extra: dict[str, str] | None = None, keep: bool = True) -> Instance:
         """Start an instance with the campaign's platform (topic prefix, catalog) and settings."""
@@ -232,7 +233,7 @@ class FaultInjector(Supervisor):
         DuckLake data files stay): every store read and write fails until it is allowed again."""
         assert self.platform is not None
         t = time.time()
-        with catalog.unavailable(self.platform.store_catalog):
+        with catalog.unavailable(self.platform.store_catalog, environ=self.catalog_env):
             self.sleep(self.size.store_down_s)
         inj = Injection("store unavailable", f"catalog database refused connections {time.time() - t:.0f} s", t,
                         time.time())

@@ -47,7 +47,8 @@ class PrivateStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REFTRAIN_")}
         env.update({f"REFTRAIN_{k}_PORT": str(v) for k, v in self.ports.items()})
         env.update({"REFTRAIN_STACK_DIR": str(self.state), "PYTHON": sys.executable})
-        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH"):
+        for k in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_CATALOG_PASSWORD_FILE",
+                  "STORE_DATA_PATH"):
             env.pop(k, None)  # never let the shared stack's variables leak into this one
         return env
 

@@ -38,7 +38,8 @@ def body(rt: service.Runtime) -> None:
                                 compact_every=cfg.compact_every)
             runner.start(pipeline, rt.platform, serde, dlq)
             if cfg.ws_url:
-                runner.run_live(pipeline, cfg.ws_url, stop=rt.stop, health=rt.health)
+                runner.run_live(pipeline, cfg.ws_url, stop=rt.stop, health=rt.health,
+                                idle_timeout=cfg.ws_idle_timeout or None)
                 return
             done = runner.replay_files(
                 pipeline, cfg.files, stop=rt.stop, health=rt.health, layout=cfg.layout,  # type: ignore[arg-type]

@@ -11,6 +11,11 @@ do not reconnect in lock-step) and emits each (series, open_time) at most once a
 a closed candle whose open_time is not after the last one emitted for its series is a duplicate
 (Binance, and proxies in front of it, may resend the last kline after a reconnect). Candles missed
 while disconnected are NOT fetched here; the sequencer reports them as a gap.
+
+A connection that stays open but delivers nothing for ``idle_timeout`` seconds (default 30 s; Binance
+sends a forming-candle update every ~2 s per stream, and a ping every 20 s that a stuck stream still
+answers, so websockets' own ping timeout does not catch it) is closed, counted
+(``StreamStats.idle_timeouts``), logged, and reconnected with the same back-off.
 """
 
 from __future__ import annotations
@@ -167,6 +172,12 @@ class StreamStats:
     ignored: int = 0
     duplicates: int = 0
     bad: int = 0
+    #: connections closed because nothing arrived for ``idle_timeout`` seconds (also in disconnects)
+    idle_timeouts: int = 0
+
+
+class IdleTimeout(TimeoutError):
+    """No message for ``idle_timeout`` seconds on an open connection: it is closed and reopened."""
 
 
 OnCandle = Callable[[Candle], Awaitable[None] | None]
@@ -205,6 +216,7 @@ async def stream_klines(
     ping_interval: float | None = 20.0,
     close_timeout: float = 1.0,
     stats: StreamStats | None = None,
+    idle_timeout: float | None = 30.0,
 ) -> StreamStats:
     """Receive klines from ``url`` until ``stop`` is set; call ``on_candle`` once per closed candle.
 
@@ -215,7 +227,11 @@ async def stream_klines(
     On stop the connection is closed cleanly, waiting at most ``close_timeout`` for the server's
     reply (websockets stops reading while unread messages are queued, so the handshake may not
     complete); when ``on_candle`` raises, or the task is cancelled, the socket is aborted at once.
+    ``idle_timeout``: seconds without any message after which the connection is closed and reopened
+    (None: never; see the module docstring).
     """
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise ValueError(f"idle_timeout must be positive, got {idle_timeout}")
     stop = stop if stop is not None else asyncio.Event()
     backoff = backoff or Backoff()
     rng = rng or random.Random()
@@ -233,7 +249,10 @@ async def stream_klines(
                 log.info("kline stream connected", extra={"url": url, "connects": stats.connects})
                 try:
                     while True:
-                        raw = await _recv_or_stop(ws, stop)
+                        try:
+                            raw = await asyncio.wait_for(_recv_or_stop(ws, stop), idle_timeout)
+                        except TimeoutError:
+                            raise IdleTimeout(f"no message for {idle_timeout:g} s") from None
                         if raw is None:
                             return stats
                         received = True
@@ -250,8 +269,11 @@ async def stream_klines(
             raise
         except (WebSocketException, OSError, TimeoutError) as e:
             stats.disconnects += 1
+            if isinstance(e, IdleTimeout):
+                stats.idle_timeouts += 1
             log.warning(
-                "kline stream disconnected: %r", e, extra={"url": url, "disconnects": stats.disconnects}
+                "kline stream disconnected: %r", e,
+                extra={"url": url, "disconnects": stats.disconnects, "idle_timeouts": stats.idle_timeouts}
             )
         if received:
             attempt = 0

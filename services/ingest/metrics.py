@@ -62,6 +62,10 @@ LAST_OPEN_TIME = Gauge(
     "reftrain_ingest_last_open_time_ms", "open_time of the last candle published, per series", ["series"]
 )
 WS_CONNECTS = Counter("reftrain_ingest_ws_connects_total", "WebSocket connections established (live mode)")
+WS_IDLE_TIMEOUTS = Counter(
+    "reftrain_ingest_ws_idle_timeouts_total",
+    "WebSocket connections closed and reopened because no message arrived for INGEST_WS_IDLE_TIMEOUT s",
+)
 WS_IN_PROGRESS = Counter(
     "reftrain_ingest_ws_in_progress_total", "Kline updates of a forming candle, dropped (live mode)"
 )

@@ -164,18 +164,19 @@ def replay_files(pipeline: Pipeline, files: Sequence[str], *, stop: threading.Ev
     return done
 
 
-def run_live(pipeline: Pipeline, url: str, *, stop: threading.Event, health: Health) -> None:
+def run_live(pipeline: Pipeline, url: str, *, stop: threading.Event, health: Health,
+             idle_timeout: float | None = 30.0) -> None:
     """Closed klines from ``url`` through the same write-before-publish path, until ``stop``."""
     health.set_ready(True)
     log.info("ready: live mode", extra={"url": url})
     try:
-        asyncio.run(_live(pipeline, url, stop, health))
+        asyncio.run(_live(pipeline, url, stop, health, idle_timeout=idle_timeout))
     except ExceptionGroup as group:  # TaskGroup wraps the failing task's error: surface it, so the
         raise group.exceptions[0] from group  # caller can tell an outage (retry) from a bug (exit)
 
 
 async def _live(pipeline: Pipeline, url: str, stop: threading.Event, health: Health,
-                linger_s: float = 0.05) -> None:
+                linger_s: float = 0.05, idle_timeout: float | None = 30.0) -> None:
     """The stream task receives and sequences; a ticker commits-then-publishes what is pending every
     ``linger_s``, so a burst (a reconnect catching up, many symbols closing together) goes to the
     store in one transaction instead of one per candle, and a lone candle waits at most ``linger_s``."""
@@ -187,7 +188,9 @@ async def _live(pipeline: Pipeline, url: str, stop: threading.Event, health: Hea
         m.WS_CONNECTS.inc(stats.connects - exported.connects)
         m.WS_IN_PROGRESS.inc(stats.in_progress - exported.in_progress)
         m.DUPLICATES.inc(stats.duplicates - exported.duplicates)  # closed klines resent after a reconnect
+        m.WS_IDLE_TIMEOUTS.inc(stats.idle_timeouts - exported.idle_timeouts)
         exported.connects, exported.in_progress = stats.connects, stats.in_progress
+        exported.idle_timeouts = stats.idle_timeouts
         exported.duplicates = stats.duplicates
 
     async def ticker() -> None:
@@ -209,7 +212,7 @@ async def _live(pipeline: Pipeline, url: str, stop: threading.Event, health: Hea
         async with asyncio.TaskGroup() as tg:
             tg.create_task(ticker())
             tg.create_task(stream_klines(url, on_candle, stop=astop, last_open_times=pipeline.last_open_times(),
-                                         on_bad_message=on_bad, stats=stats))
+                                         on_bad_message=on_bad, stats=stats, idle_timeout=idle_timeout))
     finally:
         export()
         try:

@@ -29,6 +29,9 @@ class IngestSettings:
     ema: tuple[int, ...] = DEFAULT_PERIODS
     #: INGEST_WS_URL: kline WebSocket URL; when set the service runs live instead of replaying files.
     ws_url: str = ""
+    #: INGEST_WS_IDLE_TIMEOUT: seconds without any WebSocket message before the connection is closed
+    #: and reopened with back-off (Binance sends an update every ~2 s; 0 = never).
+    ws_idle_timeout: float = 30.0
     #: INGEST_BATCH: candles per store commit (and per publish) during a fast replay.
     batch: int = 500
     #: INGEST_COMPACT_EVERY: flush inlined rows / merge small Parquet files every N commits (0 = never).

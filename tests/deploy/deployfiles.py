@@ -76,7 +76,8 @@ def interpolate(value: Any, environ: dict[str, str] | None = None) -> Any:
 
 
 #: The variables compose requires (${VAR:?...}, no default), as a user must set them.
-REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-grafana-password"}
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-grafana-password", "POSTGRES_PASSWORD": "test-only-pg-admin",
+                "CATALOG_DB_PASSWORD": "test-only-catalog", "REGISTRY_DB_PASSWORD": "test-only-registry"}
 OFFLINE = REPO / "deploy" / "docker" / "compose.offline.yml"
 
 

@@ -315,7 +315,7 @@ def test_prometheus_has_no_lifecycle_api_and_grafana_needs_a_password_from_the_e
         df.interpolate(df.raw_compose(), {})
     compose = df.tool("docker-compose")
     if compose is not None:  # the real tool refuses too
-        env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+        env = {k: v for k, v in {**os.environ, **df.REQUIRED_ENV}.items() if k != "GRAFANA_ADMIN_PASSWORD"}
         res = df.run([compose, "-f", str(df.COMPOSE), "config", "-q"], cwd=df.REPO, env=env)
         assert res.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in res.stdout + res.stderr
 
@@ -463,3 +463,37 @@ def test_every_referenced_metric_belongs_to_a_service_or_the_shared_library() ->
             f"# TYPE {family.name}{'_total' if family.type == 'counter' else ''} {family.type}\n"))
     missing = sorted(n for n in df.referenced_metrics() if n not in defined)
     assert not missing, f"dashboard/alert metrics defined nowhere: {missing}"
+
+
+# ------------------------------------------------------------------------------ PostgreSQL roles
+def test_no_service_but_postgres_uses_the_superuser() -> None:
+    """Issue 17: the superuser's password stays in the postgres container; the services and the init
+    job log in as `reftrain`, the registry as `registry` (both made by deploy/docker/postgres-init);
+    no database password has a default."""
+    raw = df.raw_compose()["services"]
+    for name, svc in df.compose()["services"].items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        raw_env = {k: str(v) for k, v in (raw[name].get("environment") or {}).items()}
+        if name == "postgres":
+            assert set(raw_env) >= {"POSTGRES_PASSWORD", "CATALOG_DB_PASSWORD", "REGISTRY_DB_PASSWORD"}
+            continue
+        assert not any("POSTGRES_PASSWORD" in v for v in raw_env.values()), name
+        assert not any(re.search(r"\buser=postgres\b", v) for v in env.values()), name
+        if "STORE_CATALOG" in env:
+            assert re.search(r"\buser=reftrain\b", env["STORE_CATALOG"]), name
+            assert "${CATALOG_DB_PASSWORD:?" in raw_env["STORE_CATALOG"], name
+    reg = df.environment("registry")
+    assert reg["APICURIO_DATASOURCE_USERNAME"] == "registry"
+    assert raw["registry"]["environment"]["APICURIO_DATASOURCE_PASSWORD"].startswith("${REGISTRY_DB_PASSWORD:?")
+    for name, svc in raw.items():  # a password is required from the environment, never a known default
+        for k, v in (svc.get("environment") or {}).items():
+            assert not re.search(r"PASSWORD:-", str(v)), (name, k, v)
+    # the health check logs in as both roles: healthy only once the init script made them
+    hc = " ".join(df.service("postgres")["healthcheck"]["test"])
+    assert "-U registry -d registry" in hc and "-U reftrain -d reftrain" in hc
+
+
+def test_compose_sh_makes_the_database_passwords() -> None:
+    script = (df.REPO / "deploy" / "docker" / "compose.sh").read_text()
+    for var in ("POSTGRES_PASSWORD", "CATALOG_DB_PASSWORD", "REGISTRY_DB_PASSWORD"):
+        assert var in script and var in df.REQUIRED_ENV

@@ -5,6 +5,7 @@ GPU requests, the KEDA scaler's group and topic, env names) against the code."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def test_configmap_uses_platform_names_and_volume_matches_store_path() -> None:
     platform = settings_mod.platform(cm["data"])
     for dep in _by_kind(docs, "Deployment").values():
         (c,) = dep["spec"]["template"]["spec"]["containers"]
-        assert {m["mountPath"] for m in c["volumeMounts"]} == {platform.store_data_path, "/tmp", "/etc/reftrain/kafka"}
+        assert {m["mountPath"] for m in c["volumeMounts"]} == {platform.store_data_path, "/tmp", "/etc/reftrain/kafka",
+                                                               "/etc/reftrain/catalog"}
         assert {"configMapRef": {"name": cm["metadata"]["name"]}} in c["envFrom"]
     pvc = _by_kind(docs, "PersistentVolumeClaim")["reftrain-lake"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -243,3 +245,40 @@ def test_keda_trigger_authenticates_with_the_pods_kafka_secret() -> None:
     # the pods read the same keys as client properties (KAFKA_SASL_USERNAME -> sasl.username)
     props = dict(settings_mod.kafka_env_properties({k: "x" for _, k in refs.values()}))
     assert {"sasl.username", "sasl.password"} <= set(props)
+
+
+@pytest.mark.parametrize("path", [df.K8S_BASE, df.K8S_BASE.parent / "overlays" / "cpu"], ids=["base", "cpu"])
+def test_every_pod_reaches_the_catalog_as_its_own_role_with_a_password_file(path: Path) -> None:
+    """Issue 17: the catalog password is a file from the Secret `reftrain-catalog` (the role
+    `reftrain`, not the superuser); STORE_CATALOG (Secret `reftrain-store`) carries no password."""
+    docs = _render(path)
+    (cm,) = _by_kind(docs, "ConfigMap").values()
+    pw_file = Path(cm["data"]["STORE_CATALOG_PASSWORD_FILE"])
+    for name, tpl in _pods(docs).items():
+        spec = tpl["spec"]
+        (c,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        mount = mounts[str(pw_file.parent)]
+        assert mount["readOnly"] is True, name
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "reftrain-catalog" and "optional" not in secret, name
+        assert {"key": "password", "path": pw_file.name} in secret["items"] and secret["defaultMode"] == 0o440
+        assert {"secretRef": {"name": "reftrain-store"}} in c["envFrom"], name
+    readme = (df.K8S_BASE.parent / "README.md").read_text()
+    (store,) = re.findall(r"STORE_CATALOG='([^']*)'", readme)
+    assert "user=reftrain" in store and "password" not in store, store
+    assert "user=postgres" not in readme
+    assert "deploy/docker/postgres-init/01-databases.sql" in readme  # the roles' set-up, shared with compose
+
+
+@pytest.mark.parametrize("path", [df.K8S_BASE, df.K8S_BASE.parent / "overlays" / "cpu"], ids=["base", "cpu"])
+def test_no_image_floats(path: Path) -> None:
+    """Every image is the project's own (built from deploy/docker/Dockerfile, tags set per release by
+    `kustomize edit set image`) or an exact release; never latest or a bare major."""
+    for name, tpl in _pods(_render(path)).items():
+        for c in tpl["spec"]["containers"]:
+            image = c["image"]
+            if image in ("reftrain:base", "reftrain:ml") or "@sha256:" in image:
+                continue
+            assert re.match(r"^[^:]+:v?\d+\.\d+\.\d+", image), (name, image)

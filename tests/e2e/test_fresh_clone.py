@@ -29,7 +29,8 @@ from ops.stages import parse_stack_env
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = (19092, 19093, 18081, 19000, 15432)  # the stack's default ports, shifted by the offset
-STACK_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_DATA_PATH", "TOPIC_PREFIX")
+STACK_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "STORE_CATALOG", "STORE_CATALOG_PASSWORD_FILE",
+              "STORE_DATA_PATH", "TOPIC_PREFIX", "REFTRAIN_CATALOG_ADMIN_USER", "REFTRAIN_CATALOG_ADMIN_PASSWORD_FILE")
 
 
 def _listening(port: int) -> bool:
@@ -85,7 +86,8 @@ def test_stack_starts_from_a_0700_clone_and_a_broken_one_stops_pytest(clone: tup
         assert "/var/lib/reftrain/pg-" in pg_line and str(repo) not in pg_line
     # The catalog answers a real statement on the clone's own port (ops.catalog raises otherwise).
     assert f"port={15432 + offset}" in stack_env["STORE_CATALOG"]
-    catalog.admin(stack_env["STORE_CATALOG"], "create table newcomer_check (x int); drop table newcomer_check")
+    catalog.admin(stack_env["STORE_CATALOG"], "create table newcomer_check (x int); drop table newcomer_check",
+                  environ=stack_env)
 
     # Then the same clone with a PostgreSQL that cannot start (one stack start serves both checks).
     data = Path(pg_line.split("(data ", 1)[1].rstrip(")"))

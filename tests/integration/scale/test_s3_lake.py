@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ops.catalog import fresh_catalog
 from ops.stages import STACK
 from reftrain.errors import StoreError
 from reftrain.records import Candle
@@ -28,7 +28,7 @@ from reftrain.store import Store
 from reftrain.window import window_checksum
 from services.trainer.windows import WindowRequest, verify_window
 from tests.integration.scale.conftest import S3, S3_PORT
-from tests.support import catalog_admin, real_candles
+from tests.support import real_candles
 
 pytestmark = pytest.mark.kafka  # the session stack's PostgreSQL catalog + a private S3Proxy
 
@@ -47,9 +47,7 @@ def _request(candles: list[Candle], lo: int, hi: int) -> WindowRequest:
 def _local(platform: PlatformSettings, folder: Path) -> PlatformSettings:
     """The same catalog server, a NEW catalog database (DuckLake keeps the data path in its
     catalog) and a local folder: the local-lake baseline."""
-    db = f"test_{uuid.uuid4().hex[:12]}"
-    catalog_admin(platform, f"create database {db}")
-    catalog = re.sub(r"dbname=\S+", f"dbname={db}", platform.store_catalog)
+    catalog = fresh_catalog(platform.store_catalog, f"test_{uuid.uuid4().hex[:12]}")
     assert catalog != platform.store_catalog
     return replace(platform, store_catalog=catalog, store_data_path=str(folder))
 

@@ -339,3 +339,50 @@ def test_stop_from_the_callback_with_messages_buffered(load_real: Loader) -> Non
     stats = asyncio.run(main())
     assert got == expected[:5]
     assert stats.closed == 5
+
+
+def test_a_silent_connection_is_closed_reopened_and_counted(load_real: Loader,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The server accepts, sends one real candle, then goes silent while still answering pings (a
+    stuck stream: websockets' ping timeout never fires). Without the idle timeout the client would
+    wait forever; with it, the connection is closed after ``idle_timeout``, counted, logged and
+    reopened, and the second connection delivers the next candle."""
+    btc = load_real(BTC)[:2]
+    opened: list[float] = []
+    closed_by_client: list[bool] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(asyncio.get_running_loop().time())
+        await ws.send(kline(btc[len(opened) - 1], closed=True))
+        await ws.wait_closed()  # silent from here on; pings are still answered by websockets
+        closed_by_client.append(True)
+
+    got: list[Candle] = []
+
+    async def main() -> StreamStats:
+        stop = asyncio.Event()
+
+        def on_candle(c: Candle) -> None:
+            got.append(c)
+            if len(got) == 2:
+                stop.set()
+
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            return await asyncio.wait_for(
+                stream_klines(f"ws://127.0.0.1:{port_of(srv)}/", on_candle, stop=stop, idle_timeout=0.5,
+                              ping_interval=0.1, backoff=Backoff(initial=0.01, cap=0.05)),
+                timeout=10,  # without the idle timeout: TimeoutError here, the test fails
+            )
+
+    with caplog.at_level("WARNING", logger="services.ingest.binance_ws"):
+        stats = asyncio.run(main())
+    assert got == [ws_candle(c) for c in btc]
+    assert stats.idle_timeouts == 1 and stats.disconnects == 1 and stats.connects == 2
+    assert len(opened) == 2 and opened[1] - opened[0] >= 0.5  # reopened only after the silence
+    assert closed_by_client  # the client closed the stuck connection (not the server)
+    assert any("no message for 0.5 s" in r.getMessage() for r in caplog.records)
+
+
+def test_idle_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        asyncio.run(stream_klines("ws://127.0.0.1:9/", lambda c: None, idle_timeout=0))
