@@ -161,6 +161,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     project = f"reftrain-ct-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "COMPOSE_PROJECT_NAME": project,
            "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex,  # required by the file; Grafana is off offline
+           # required by the file: the PostgreSQL superuser and the two least-privilege roles
+           **{v: uuid.uuid4().hex for v in ("POSTGRES_PASSWORD", "CATALOG_DB_PASSWORD", "REGISTRY_DB_PASSWORD")},
            "REFTRAIN_REPLAY_FILES": ",".join(f"/replay/warmup/{Path(e['warmup_file']).name}" for e in prepared)}
     env.pop("TOPIC_PREFIX", None)
     s = Stack([*compose, "-f", "docker-compose.yml", "-f", "deploy/docker/compose.offline.yml", "-f", str(override),
@@ -359,6 +361,15 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     log(f"up in {up_s:.0f} s, all healthy after {healthy_s:.0f} s")
     s.excerpt(f"docker-compose ps ('up -d' returned after {up_s:.0f} s, every health check green "
               f"{healthy_s:.0f} s after 'up -d' was called)", s.run("ps").stdout)
+
+    # the services and the registry log in with their own roles, neither a superuser nor able to make
+    # databases or roles, each owning its one database (deploy/docker/postgres-init)
+    roles = s.run("exec", "-T", "postgres", "psql", "-U", "postgres", "-tAc",
+                  "select r.rolname, r.rolsuper, r.rolcreatedb, r.rolcreaterole, d.datname from pg_roles r "
+                  "join pg_database d on d.datdba = r.oid where r.rolname in ('reftrain', 'registry') "
+                  "order by 1").stdout.split()
+    assert roles == ["reftrain|f|f|f|reftrain", "registry|f|f|f|registry"], roles
+    s.excerpt("PostgreSQL roles (psql in the postgres container)", "\n".join(roles))
 
     # 2. phase 1: the first half of the real candles; make run's checks
     n = sum(e["candles"] for e in s.figures["prepared"])
