@@ -113,14 +113,21 @@ reset: down ## stop the stack and delete its data
 
 # ---- containers (docs/compose.md): offline images, the compose stack, its test ------------------
 .PHONY: images compose-up compose-test compose-down
-images: venv ## build every image of the compose stack here, without Docker Hub (engine started if needed)
-	PYTHON=$(PY) $(ROOT)/deploy/docker/offline/images.sh
+# The engine: `engine.sh with` starts dockerd when none answers and stops it after the command (only
+# the one it started); compose-up leaves it running for compose-down to stop.
+ENGINE := $(ROOT)/deploy/docker/engine.sh
+images: venv ## build every image of the compose stack here, without Docker Hub (engine started and stopped if needed)
+	PYTHON=$(PY) $(ENGINE) with $(ROOT)/deploy/docker/offline/images.sh
 
-compose-up: images ## docker compose up on the offline images, wait until every container is healthy
+compose-up: venv ## docker compose up on the offline images (built first), wait until every container is healthy
+	PYTHON=$(PY) $(ROOT)/deploy/docker/offline/images.sh
 	$(ROOT)/deploy/docker/compose.sh up
 
-compose-test: images ## the compose stack for real: replay, checks, 3 trainers, a kill, down -v (minutes)
-	cd $(ROOT) && $(PY) -m pytest tests/compose -m compose -s
+# REFTRAIN_COMPOSE_EXCERPTS: where the test writes the outputs the README quotes (ps, scale-out, kcat)
+REFTRAIN_COMPOSE_EXCERPTS ?= $(ROOT)/reports/compose-excerpts.txt
+compose-test: venv ## the compose stack for real: images, replay, checks, 3 trainers, a kill, down -v (minutes)
+	cd $(ROOT) && PYTHON=$(PY) REFTRAIN_COMPOSE_EXCERPTS=$(REFTRAIN_COMPOSE_EXCERPTS) $(ENGINE) with \
+	  bash -c 'deploy/docker/offline/images.sh && "$$PYTHON" -m pytest tests/compose -m compose -s -p no:cacheprovider'
 
 compose-down: ## docker compose down -v, and stop the Docker engine if compose-up started it
 	$(ROOT)/deploy/docker/compose.sh down

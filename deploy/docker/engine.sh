@@ -7,6 +7,8 @@
 #   deploy/docker/engine.sh down     stop dockerd if (and only if) this script started it
 #   deploy/docker/engine.sh status   exit 0 when an engine answers
 #   deploy/docker/engine.sh compose  print the compose command to use (`docker compose` or docker-compose)
+#   deploy/docker/engine.sh with CMD...  run CMD with an engine up; stop the engine afterwards if this
+#                                    call started it (what `make compose-test` and `make images` use)
 #
 # The pid of a dockerd started here is kept in $REFTRAIN_ENGINE_DIR (default .local/engine); an engine
 # that was already running (a desktop's, systemd's) is used as it is and never stopped.
@@ -70,5 +72,18 @@ case "${1:-}" in
   down) cmd_down ;;
   status) if engine_answers; then echo "engine: up"; else echo "engine: down"; exit 1; fi ;;
   compose) cmd_compose ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  with)
+    shift
+    [ "$#" -gt 0 ] || die "with: no command"
+    started=0
+    engine_answers || { cmd_up; started=1; }
+    set +e; "$@"; rc=$?; set -e
+    if [ "$started" = 1 ] && [ "${REFTRAIN_KEEP_ENGINE:-0}" != 1 ]; then
+      cmd_down
+    elif [ "$started" = 1 ]; then
+      log "REFTRAIN_KEEP_ENGINE=1: dockerd left running (stop it with: $0 down)"
+    fi
+    exit "$rc"
+    ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

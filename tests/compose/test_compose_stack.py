@@ -15,6 +15,11 @@ scenario, in order, on the offline images (`make images`, deploy/docker/compose.
    each key counts exactly the jobs of that key);
 5. `down -v` leaves no container, network or volume of the project.
 
+The outputs the README quotes (`ps` with the health of every container, the trainer group and
+Prometheus' trainer targets after the scale-out, the kcat recipes of the README and of
+docs/compose.md, image sizes, timings) are written to $REFTRAIN_COMPOSE_EXCERPTS (default
+reports/compose-excerpts.txt), also when the test fails.
+
 It talks only to its own containers (published on 127.0.0.1) and, through the image builds,
 the package registries. The Docker engine is started (and stopped afterwards) by
 deploy/docker/engine.sh when none runs.
@@ -75,6 +80,15 @@ class Stack:
     compose: list[str]
     env: dict[str, str]
     figures: dict[str, Any] = field(default_factory=dict)
+    excerpts: list[str] = field(default_factory=list)
+
+    def excerpt(self, title: str, text: str, max_lines: int = 40) -> None:
+        """Keep an output for the README (the first max_lines lines), and print it."""
+        lines = text.rstrip("\n").splitlines()
+        cut = lines[:max_lines] + ([f"... ({len(lines) - max_lines} more lines)"] if len(lines) > max_lines else [])
+        block = f"### {title}\n" + "\n".join(cut) + "\n"
+        self.excerpts.append(block)
+        log(block)
 
     def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([*self.compose, *args], cwd=REPO, env=self.env, capture_output=True, text=True,
@@ -147,22 +161,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     project = f"reftrain-ct-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "COMPOSE_PROJECT_NAME": project,
            "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex,  # required by the file; Grafana is off offline
+           # required by the file: the PostgreSQL superuser and the two least-privilege roles
+           **{v: uuid.uuid4().hex for v in ("POSTGRES_PASSWORD", "CATALOG_DB_PASSWORD", "REGISTRY_DB_PASSWORD")},
            "REFTRAIN_REPLAY_FILES": ",".join(f"/replay/warmup/{Path(e['warmup_file']).name}" for e in prepared)}
     env.pop("TOPIC_PREFIX", None)
     s = Stack([*compose, "-f", "docker-compose.yml", "-f", "deploy/docker/compose.offline.yml", "-f", str(override),
                "--profile", "cpu"], env)
     s.figures["prepared"] = prepared
+    versions = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    s.excerpt("engine and compose", f"docker {versions}; {s.run('version', '--short').stdout.strip()} "
+              f"({shlex.join(compose)}); project {project}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    images = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}  {{.Size}}").stdout.splitlines()
+    s.excerpt("docker image ls (the images of the stack)",
+              "\n".join(sorted(i for i in images if i.startswith("reftrain"))))
     s.figures["phase2_files"] = ",".join(f"/replay/{Path(e['file']).name}" for e in prepared)
     try:
         yield s
     finally:
-        for svc in ("trainer-cpu", "coordinator", "inference", "ingest", "pivots", "init", "kafka", "registry"):
-            logs = s.run("logs", "--no-color", "--tail", "15", svc, check=False).stdout
-            log(f"last log lines of {svc}:\n{logs}")
+        if not s.figures.get("down_done"):  # the test stopped early: its containers' last words
+            for svc in ("trainer-cpu", "coordinator", "inference", "ingest", "pivots", "init", "kafka", "registry"):
+                logs = s.run("logs", "--no-color", "--tail", "15", svc, check=False).stdout
+                log(f"last log lines of {svc}:\n{logs}")
         s.run("down", "-v", "--remove-orphans", check=False, timeout=300)
         left = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
         vols = docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
-        s.figures["left_after_down"] = {"containers": left, "volumes": vols}
+        nets = docker("network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
+        s.figures["left_after_down"] = {"containers": left, "volumes": vols, "networks": nets}
+        s.excerpt("after `down -v`: what is left of the project (docker ps -a / volume ls / network ls, "
+                  "filtered on its label)", f"containers: {len(left)}, volumes: {len(vols)}, networks: {len(nets)}")
+        EXCERPTS.parent.mkdir(parents=True, exist_ok=True)
+        EXCERPTS.write_text("\n".join(s.excerpts))
+        log(f"excerpts written to {EXCERPTS}")
         if started_engine and os.environ.get("REFTRAIN_KEEP_ENGINE") != "1":
             subprocess.run([str(ENGINE), "down"], check=False)
 
@@ -237,16 +266,30 @@ def group_members(s: Stack, group: str) -> dict[str, set[tuple[str, int]]]:
 
 
 DOC = REPO / "docs" / "compose.md"
+README = REPO / "README.md"
+EXCERPTS = Path(os.environ.get("REFTRAIN_COMPOSE_EXCERPTS") or REPO / "reports" / "compose-excerpts.txt")
+
+
+def readme_compose_section() -> str:
+    text = README.read_text()
+    start = text.index("## Docker Compose")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
 
 
 def doc_recipes() -> list[str]:
-    """The command lines of docs/compose.md's ```sh blocks that look at the data: host kcat,
-    `docker compose run --rm kcat` and `docker compose exec kafka` (continuation lines joined)."""
-    out = []
-    for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S):
-        for cmd in block.replace("\\\n", " ").splitlines():
-            cmd = cmd.strip()
-            if cmd.startswith(("kcat ", "docker compose run --rm kcat ", "docker compose exec kafka ")):
+    """The command lines that look at the data in the README's compose section (```bash blocks) and
+    docs/compose.md (```sh blocks): host kcat, `docker compose run --rm kcat` and
+    `docker compose exec kafka` (continuation lines joined, trailing comments dropped, each once)."""
+    out: list[str] = []
+    blocks = re.findall(r"```bash\n(.*?)```", readme_compose_section(), re.S)
+    blocks += re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            if not line.strip().startswith(("kcat ", "docker compose run --rm kcat ", "docker compose exec kafka ")):
+                continue
+            cmd = shlex.join(shlex.split(line, comments=True))
+            if cmd not in out:
                 out.append(cmd)
     return out
 
@@ -316,7 +359,17 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     healthy_s = up_s + wait_for("every container healthy", all_healthy, 600)
     s.figures["up_s"], s.figures["healthy_s"] = round(up_s), round(healthy_s)
     log(f"up in {up_s:.0f} s, all healthy after {healthy_s:.0f} s")
-    log(s.run("ps").stdout)
+    s.excerpt(f"docker-compose ps ('up -d' returned after {up_s:.0f} s, every health check green "
+              f"{healthy_s:.0f} s after 'up -d' was called)", s.run("ps").stdout)
+
+    # the services and the registry log in with their own roles, neither a superuser nor able to make
+    # databases or roles, each owning its one database (deploy/docker/postgres-init)
+    roles = s.run("exec", "-T", "postgres", "psql", "-U", "postgres", "-tAc",
+                  "select r.rolname, r.rolsuper, r.rolcreatedb, r.rolcreaterole, d.datname from pg_roles r "
+                  "join pg_database d on d.datdba = r.oid where r.rolname in ('reftrain', 'registry') "
+                  "order by 1").stdout.split()
+    assert roles == ["reftrain|f|f|f|reftrain", "registry|f|f|f|registry"], roles
+    s.excerpt("PostgreSQL roles (psql in the postgres container)", "\n".join(roles))
 
     # 2. phase 1: the first half of the real candles; make run's checks
     n = sum(e["candles"] for e in s.figures["prepared"])
@@ -326,10 +379,12 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     jobs1 = len(a1.jobs)
     assert jobs1 > 0
     log(f"phase 1 drained in {s.figures['phase1_drain_s']} s: {jobs1} jobs, checks pass")
+    s.excerpt(f"phase 1 ({phase1} real candles, unpaced) drained in {s.figures['phase1_drain_s']} s: make run's checks",
+              "\n".join(f"{c.name}: {c.status} ({c.detail})" for c in a1.checks))
     outputs = run_recipes(s)
     assert sum(not o.startswith("SKIPPED") for o in outputs.values()) >= 5
     for cmd, out in outputs.items():
-        log(f"$ {cmd}\n{out[:600]}")
+        s.excerpt(f"$ {cmd}", out, max_lines=8)
 
     # 3. three CPU trainers: one group, partitions split, Prometheus scrapes all three
     s.run("up", "-d", "--no-recreate", "--scale", "trainer=0", "--scale", "trainer-cpu=3", timeout=600)
@@ -348,26 +403,57 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     s.figures["trainer_members"] = {m: sorted(ps) for m, ps in members.items()}
     wait_for("Prometheus scraping 3 trainers", lambda: sum(
         t["health"] == "up" for t in prometheus_targets("trainer")) == 3, 120)
-    log(f"scaled: {members}")
+    targets = prometheus_targets("trainer")
+    ips = {json.loads(docker("inspect", c).stdout)[0]["NetworkSettings"]["Networks"].popitem()[1]["IPAddress"]
+           for c in trainers}
+    assert {t["labels"]["instance"].split(":")[0] for t in targets} == ips, (targets, ips)
+    s.excerpt("after `up -d --scale trainer=0 --scale trainer-cpu=3`: docker-compose ps trainer-cpu",
+              s.run("ps", "trainer-cpu").stdout)
+    s.excerpt("the trainer group as the broker sees it (kafka-consumer-groups.sh --describe --group trainer "
+              "--members --verbose)", s.run("exec", "-T", "kafka", "/opt/kafka/bin/kafka-consumer-groups.sh",
+                                            "--bootstrap-server", "localhost:9092", "--describe", "--group",
+                                            "trainer", "--members", "--verbose").stdout)
+    s.excerpt("Prometheus' trainer targets (curl -s localhost:9090/api/v1/targets, job trainer)",
+              "\n".join(f"{t['labels']['job']} {t['scrapeUrl']} {t['health']}" for t in targets))
 
     # 4. phase 2 with a kill: ingest re-created on the second half; kill a trainer while it trains
     versions_before = len(a1.version_msgs)
-    s.env["REFTRAIN_REPLAY_FILES"] = s.figures["phase2_files"]
-    s.run("up", "-d", "--scale", "trainer=0", "--scale", "trainer-cpu=3", "ingest", timeout=600)
     view = KafkaView(s.platform())
+    cat = TopicCatalogue(s.platform())
     try:
-        cat = TopicCatalogue(s.platform())
+        # (end offsets count transaction markers too: compare with the offsets before phase 2, not jobs1)
+        end1 = sum(view.end_offsets([cat.name("training-jobs")]).values())
+        s.env["REFTRAIN_REPLAY_FILES"] = s.figures["phase2_files"]
+        s.run("up", "-d", "--scale", "trainer=0", "--scale", "trainer-cpu=3", "ingest", timeout=600)
         wait_for("new training jobs in phase 2", lambda: sum(
-            view.end_offsets([cat.name("training-jobs")]).values()) > jobs1 + 5, 600, every=2)
+            view.end_offsets([cat.name("training-jobs")]).values()) > end1 + 10, 600, every=2)
+        # the victim: a trainer that owns a partition with jobs on it (jobs are keyed by model key, so
+        # with two keys some partitions stay empty and their owner would train nothing)
+        busy = {tp for tp, hi in view.end_offsets([cat.name("training-jobs")]).items() if hi > 0}
+        owners = {m: ps for m, ps in group_members(s, "trainer").items() if ps & busy}
+        victim = next(c for c in trainers if any(c[:12] in m for m in owners))
+        victim_owned = sorted(next(ps for m, ps in owners.items() if victim[:12] in m))
+        docker("kill", victim)
+        jobs_at_kill = sum(view.end_offsets([cat.name("training-jobs")]).values())
     finally:
         view.close()
-    victim = trainers[0]
-    docker("kill", victim)
+    s.figures["victim_owned"] = victim_owned
+    killed = json.loads(docker("inspect", victim).stdout)[0]
     s.figures["killed"] = victim[:12]
-    log(f"killed trainer {victim[:12]}")
+    log(f"killed trainer {victim[:12]}: {killed['State']['Status']}, exit code {killed['State']['ExitCode']}")
+    assert killed["State"]["ExitCode"] == 137 or killed["RestartCount"] > 0, killed["State"]
     s.figures["phase2_drain_s"] = round(drained(s, n, quiet_s=45))
     a2 = assert_make_run_checks(s)
     assert len(a2.jobs) > jobs1 and len(a2.version_msgs) > versions_before
+    # the kill was mid-stream: jobs kept coming after it, and the group's members own every partition again
+    assert len(a2.jobs) > jobs_at_kill, (len(a2.jobs), jobs_at_kill)
+    after = group_members(s, "trainer")
+    assert {p for ps in after.values() for p in ps} == {(cat.name("training-jobs"), i)
+                                                         for i in range(int(HOST_ENV["TOPIC_PARTITIONS"]))}, after
+    running_again = json.loads(docker("inspect", victim).stdout)[0]["State"]["Running"]
+    if not running_again:  # docker kill marks it stopped: `restart: unless-stopped` does not bring it back
+        assert not [m for m in after if victim[:12] in m], after
+    s.figures["members_after_kill"] = {m: sorted(ps) for m, ps in after.items()}
     # every job trained once: the last committed version of each key counts exactly that key's jobs
     jobs_per_key = Counter((m.value or {})["model_key"] for m in a2.jobs.values())
     last: dict[str, dict[str, Any]] = {}
@@ -379,11 +465,19 @@ def test_compose_stack_replays_scales_survives_a_kill_and_cleans_up(stack: Stack
     assert trained == dict(jobs_per_key), (trained, dict(jobs_per_key))
     s.figures["jobs"], s.figures["trained"] = len(a2.jobs), trained
     log(f"phase 2 drained in {s.figures['phase2_drain_s']} s after the kill: {len(a2.jobs)} jobs, trained {trained}")
+    got2 = {c.name: (c.status, c.detail) for c in a2.checks}
+    s.excerpt(f"`docker kill` of trainer {victim[:12]} (it owned {victim_owned}; training-jobs end offsets "
+              f"summed {jobs_at_kill} then), phase 2 drained in {s.figures['phase2_drain_s']} s: make run's checks",
+              "\n".join(f"{n}: {c[0]} ({c[1]})" for n, c in got2.items())
+              + f"\nlast model version per key, trained_jobs: {trained} == jobs per key {dict(jobs_per_key)}"
+              + f"\ntrainer group after the kill: {s.figures['members_after_kill']}")
 
     # 5. down -v leaves nothing of the project
     s.run("down", "-v", "--remove-orphans", timeout=300)
+    s.figures["down_done"] = True
     project = s.env["COMPOSE_PROJECT_NAME"]
     assert not docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
     assert not docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
     assert not [n for n in docker("network", "ls", "--format", "{{.Name}}").stdout.split() if n.startswith(project)]
+    assert not docker("network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout.split()
     log(f"figures: {json.dumps(s.figures, default=str)}")

@@ -5,12 +5,13 @@
 #   deploy/docker/offline/base.sh bookworm    -> image reftrain-offline/debian:bookworm
 #   deploy/docker/offline/base.sh trixie      -> image reftrain-offline/debian:trixie
 #
-# The tarball ($REFTRAIN_IMAGE_CACHE, default .local/images) is kept: a later `make images` on this
-# machine imports it again in seconds instead of bootstrapping (about 25 s and 200 MB per suite).
+# The tarball ($REFTRAIN_IMAGE_CACHE, default ~/.cache/reftrain/images, shared by every clone) is kept:
+# a later `make images` on this machine (any clone) imports it again in seconds instead of
+# bootstrapping (about 25 s and 200 MB per suite).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../../.." && pwd)"
-CACHE="${REFTRAIN_IMAGE_CACHE:-$REPO/.local/images}"
+CACHE="${REFTRAIN_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reftrain/images}"
 SUITE="${1:?suite: bookworm | trixie}"
 # the host's own Debian mirror (deb822 or one-line sources), else debootstrap's default
 MIRROR="${DEBIAN_MIRROR:-$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources;

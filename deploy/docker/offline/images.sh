@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make images`: every image of the compose stack built on this machine, without Docker Hub.
 #
-#   1. debootstrapped Debian bases (base.sh; cached tarballs in .local/images)
+#   1. debootstrapped Debian bases (base.sh; tarballs cached per user in ~/.cache/reftrain/images, so
+#      every clone on the machine finds them)
 #   2. reftrain-offline/python:3.11 (bookworm's Python 3.11) and reftrain-offline/jre:21 (trixie)
 #   3. stand-ins for the upstream infrastructure images, selected by deploy/docker/compose.offline.yml:
 #      kafka (Kafka 4.4.0 from Maven Central, KRaft), apicurio-registry (3.3.3 on Java 21),
@@ -17,7 +18,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../../.." && pwd)"
-CACHE="${REFTRAIN_IMAGE_CACHE:-$REPO/.local/images}"
+CACHE="${REFTRAIN_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reftrain/images}"
 TORCH_VARIANT="${TORCH_VARIANT:-cpu}"
 export DOCKER_BUILDKIT=0
 log() { printf '[images] %s\n' "$*" >&2; }
@@ -53,9 +54,12 @@ build_standin reftrain-offline/jre:21 jre.Dockerfile
 
 # Kafka and Apicurio from Maven Central, as the local stack fetches them (+ kafka-tools for the
 # health check's kafka-broker-api-versions.sh, which the server's dependencies do not include)
-PYTHON="${PYTHON:-$REPO/.venv/bin/python}" "$REPO/deploy/local/stack.sh" fetch
+# (only when one of the two images is missing: a clean clone on a machine with the images skips it)
 runtime="$REPO/deploy/local/.runtime"
-if [ ! -f "$CACHE/kafka-tools/kafka-tools-4.4.0.jar" ]; then
+if ! have reftrain-offline/kafka:4.4.0 || ! have reftrain-offline/apicurio-registry:3.3.3; then
+  PYTHON="${PYTHON:-$REPO/.venv/bin/python}" "$REPO/deploy/local/stack.sh" fetch
+fi
+if ! have reftrain-offline/kafka:4.4.0 && [ ! -f "$CACHE/kafka-tools/kafka-tools-4.4.0.jar" ]; then
   (cd "$CACHE" && mvn -q -B dependency:copy -Dartifact=org.apache.kafka:kafka-tools:4.4.0 \
      -DoutputDirectory="$CACHE/kafka-tools" >&2)
 fi
