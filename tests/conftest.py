@@ -12,7 +12,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,7 +117,7 @@ def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
         catalog_admin(base, f"create database {db}")
         info["dbname"] = db
         catalog = "postgres:" + " ".join(f"{k}={v}" for k, v in info.items())
-    p = replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
+    p = base.replace(topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
     register_schemas(p)  # what the init job does in compose: services never register schemas
     return p
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class Campaign(FaultInjector):
         base = settings_mod.platform(env)
         db = "faults_" + uuid.uuid4().hex[:12]
         self.platform = PlatformSettings(**{
-            **asdict(base), "topic_prefix": f"{self.run_id}-",
+            **base.as_dict(), "topic_prefix": f"{self.run_id}-",
             "store_catalog": catalog.fresh_catalog(base.store_catalog, db),
             "store_data_path": str(self.out / "lake"), "http_port": 0})
         self.base_env = dict(os.environ)

@@ -69,7 +69,7 @@ class TrainerLoop:
         self._delivery_errors: list[str] = []
         log.info("trainer engine", extra={"device": str(self.engine.device), "amp": self.engine.amp,
                                           "group": self.group, "topic": self.topic,
-                                          "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}})
+                                          "settings": settings.as_dict()})
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
