@@ -189,6 +189,21 @@ log.segment.bytes=67108864
 EOF
 }
 
+# kafka_standalone_listeners <protocol> <port> <controller port>: a one-node broker+controller on loopback.
+kafka_standalone_listeners() {
+  local proto="$1" port="$2" cport="$3"
+  cat <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=$proto://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$proto://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=$proto
+listener.security.protocol.map=$proto:$proto,CONTROLLER:PLAINTEXT
+EOF
+}
+
 # kafka_prepare <dir> <java option>...: the broker's log4j2 file (log in <dir>/server.log) and its JVM
 # options in KAFKA_JAVA (the heap and tuning the caller gives, then G1 and the log4j2 file).
 kafka_prepare() {
@@ -231,14 +246,7 @@ kafka_up() {
   pid_alive "$pidf" && return
   mkdir -p "$dir/data"
   cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+$(kafka_standalone_listeners PLAINTEXT "$KAFKA_PORT" "$CONTROLLER_PORT")
 $(kafka_storage_properties "$dir" 1 1)
 EOF
   kafka_prepare "$dir" -Xms256m -Xmx768m
@@ -360,14 +368,7 @@ kafka_sasl_up() {
   mkdir -p "$dir/data"
   local ks admin; ks="$(sasl_secret keystore)"; admin="$(sasl_secret admin)"
   (umask 077; cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$SASL_CONTROLLER_PORT
-listeners=SASL_SSL://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$SASL_CONTROLLER_PORT
-advertised.listeners=SASL_SSL://127.0.0.1:$SASL_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=SASL_SSL
-listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+$(kafka_standalone_listeners SASL_SSL "$SASL_PORT" "$SASL_CONTROLLER_PORT")
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin";
