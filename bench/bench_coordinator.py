@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +141,7 @@ class PlainLoop:
         self.platform = platform
         self.cat = TopicCatalogue(platform)
         self.serdes = Serdes(platform, self.cat)
-        mirror = replace(platform, topic_prefix=f"{platform.topic_prefix}mirror-")
+        mirror = platform.replace(topic_prefix=f"{platform.topic_prefix}mirror-")
         ensure_topics(mirror)
         register_schemas(mirror)
         self.out = Serdes(mirror, TopicCatalogue(mirror))
@@ -207,7 +206,7 @@ class PlainLoop:
 
 
 def fresh_platform(tag: str) -> PlatformSettings:
-    platform = replace(settings.platform(), topic_prefix=f"bench{uuid.uuid4().hex[:6]}-{tag}-")
+    platform = settings.platform().replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}-{tag}-")
     ensure_topics(platform)
     register_schemas(platform)  # services never register schemas themselves
     return platform

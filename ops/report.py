@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.update(stack_env())
     platform = settings_mod.platform(env)
     if args.prefix is not None:
-        platform = replace(platform, topic_prefix=args.prefix)
+        platform = platform.replace(topic_prefix=args.prefix)
     urls: dict[str, list[str]] = {}
     for item in args.metrics:
         stage, _, url = item.partition("=")

@@ -315,7 +315,7 @@ def run(config: RunConfig, console: Console | None = None) -> RunResult:
             platform = settings_mod.platform(base_env)
             db = "run_" + run_id.replace("-", "_").lower()
             platform = PlatformSettings(**{
-                **asdict(platform), "topic_prefix": f"{run_id}-",
+                **platform.as_dict(), "topic_prefix": f"{run_id}-",
                 "store_catalog": fresh_catalog(platform.store_catalog, db, environ=catalog_env),
                 "store_data_path": run_data_path(platform.store_data_path, run_id,
                                                  REPO / ".local" / "runs" / run_id / "lake"), "http_port": 0})

@@ -80,7 +80,7 @@ class AvroSerde:
 
     def encode(self, value: dict[str, Any]) -> bytes:
         try:
-            out = self._serializer(value, self._ctx)
+            out: bytes | None = self._serializer(value, self._ctx)
         except SchemaRegistryError as exc:
             if exc.http_status_code >= 500 or exc.http_status_code < 0:
                 raise RegistryUnavailableError(str(exc)) from exc

@@ -1,30 +1,193 @@
 """Settings from the environment: the ONE place that reads os.environ.
 
-Each service declares a frozen dataclass of its settings and calls ``load(MySettings, prefix)``;
-field ``foo_bar`` is read from ``{PREFIX}FOO_BAR``. Platform settings (broker, registry, store,
-topic names) are in ``PlatformSettings`` and read without a prefix, so every service and the
-docker-compose file share the same names.
+Every settings class is a pydantic-settings model derived from ``Settings``: a frozen model whose
+field ``foo_bar`` is read from ``{PREFIX}FOO_BAR`` (the prefix is the model's ``env_prefix``) by
+``Cls.from_env()``. Constructing a model directly (``TrainerSettings(batch=8)``) reads NO
+environment: the defaults plus the arguments, validated the same way. Ranges are declared on the
+fields (``Field(ge=0)``), so a bad value stops a service with a message that names the variable and
+the allowed range (``COORDINATOR_ALIGN_MAX_WAIT_MS must be >= 0, got -1``), never a pydantic dump.
+Values keep the formats they always had: lists are comma-separated (``PIVOTS_STRENGTHS=2,2,2``),
+maps are ``k=v`` pairs (``COORDINATOR_PIVOT_WINDOW_MS_BY_TIMEFRAME=1h=1800000``), an empty value of
+an optional number is "unset".
+
+Platform settings (broker, registry, store, topic names) are ``PlatformSettings``, read without a
+prefix, so every service and the docker-compose file share the same names. A secret may be given
+as ``NAME`` or as ``NAME_FILE`` (a mounted file holding it): ``secret()`` is the one reader.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from reftrain.errors import ConfigError
 
-T = TypeVar("T")
+REDACTED = "[redacted]"  # same marker as reftrain.redact
+
+S = TypeVar("S", bound="Settings")
 
 
-@dataclass(frozen=True)
-class PlatformSettings:
+class Settings(BaseSettings):
+    """Base of every settings model: frozen, validated, read from the environment by ``from_env()``."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", enable_decoding=False)
+
+    #: Fields whose values are never shown (repr, public(), error messages).
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # the pydantic error repeats the input (a secret, perhaps): the cause is not chained
+            raise ConfigError(explain(exc, type(self))) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Construction takes only its arguments: the environment is read by ``from_env`` alone, so a
+        test's or a bench's ``CoordinatorSettings()`` is the defaults whatever the shell exports."""
+        return (init_settings,)
+
+    @classmethod
+    def env_prefix(cls) -> str:
+        return str(cls.model_config.get("env_prefix", ""))
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of ``field``."""
+        return f"{cls.env_prefix()}{field}".upper()
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        """Every variable of this model, in declaration order."""
+        return [cls.env_name(name) for name in cls.model_fields]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings from ``environ`` (default: os.environ); unset variables keep their defaults."""
+        return cls(**_MappingEnvSource(cls, os.environ if environ is None else environ)())
+
+    def replace(self, **changes: Any) -> Self:
+        """A validated copy with ``changes`` (what dataclasses.replace was for the old dataclasses)."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Field values by name; ``Cls(**s.as_dict()) == s``."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_env_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Environment text in the formats the variables have always had (see the module docstring)."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        return env_text(value, cls.model_fields[info.field_name].annotation)
+
+
+def env_text(raw: str, annotation: Any) -> Any:
+    """``raw`` (an environment value) shaped for ``annotation``: comma lists, ``k=v`` maps, '' = None."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if raw == "" and type(None) in args:
+            return None
+        return env_text(raw, next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    if origin is dict:
+        pairs = (part.partition("=") for part in raw.split(",") if part.strip())
+        return {k.strip(): v.strip() for k, _, v in pairs}
+    return raw
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over any mapping (tests, compose files, k8s manifests),
+    matching the upper-case names only, as the services have always been configured."""
+
+    def __init__(self, cls: type[Settings], environ: Mapping[str, str]) -> None:
+        self._environ = {k: v for k, v in environ.items() if k == k.upper()}
+        super().__init__(cls, case_sensitive=False, env_prefix=cls.env_prefix())
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, False, False, None)
+
+
+_RANGES = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+
+
+def explain(exc: ValidationError, cls: type[Settings]) -> str:
+    """One line per error, naming the environment variable: ``X must be >= 0, got -1``."""
+    from reftrain.redact import redact_text
+
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        field = str(loc[0]) if loc else ""
+        name = cls.env_name(field) if field else cls.__name__
+        where = name + "".join(f"[{part}]" for part in loc[1:])
+        value = err.get("input")
+        got = REDACTED if field in cls.secret_fields else redact_text(repr(value))
+        ctx = err.get("ctx") or {}
+        kind = err["type"]
+        if kind in _RANGES:
+            op, key = _RANGES[kind]
+            number = value if isinstance(value, str) and got != REDACTED else got  # env text: as written
+            bound = ctx[key]
+            bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+            lines.append(f"{where} must be {op} {bound}, got {number}")
+        elif kind == "literal_error":
+            lines.append(f"{where}={got}: use {str(ctx['expected']).replace(chr(39), '')}")
+        elif kind == "extra_forbidden":
+            lines.append(f"{where}: no such setting")
+        elif kind == "value_error":
+            lines.append(f"{where}={got}: {ctx['error']}")
+        else:
+            lines.append(f"{where}={got}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load(cls: type[S], prefix: str | None = None, environ: Mapping[str, str] | None = None) -> S:
+    """``cls.from_env(environ)``; ``prefix``, when given, must be the model's own (a guard for callers
+    that pass a spec's ``env_prefix``)."""
+    if prefix is not None and prefix != cls.env_prefix():
+        raise ConfigError(f"{cls.__name__} reads {cls.env_prefix()}*, not {prefix}*")
+    return cls.from_env(environ)
+
+
+def secret(settings: Settings, name: str) -> str:
+    """The secret ``name``: its own variable, else the content of ``<NAME>_FILE`` (a mounted secret,
+    trailing newline stripped), else ''. The one reader of every ``*_FILE`` secret."""
+    value = str(getattr(settings, name, "") or "")
+    if value:
+        return value
+    path = str(getattr(settings, f"{name}_file", "") or "")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{settings.env_name(name + '_file')} {path!r} cannot be read: {exc.strerror}") from None
+
+
+class PlatformSettings(Settings):
     """Where the shared infrastructure is. Defaults match deploy/local/stack.sh."""
+
+    model_config = SettingsConfigDict(env_prefix="")
+    secret_fields: ClassVar[tuple[str, ...]] = (
+        "schema_registry_basic_auth", "schema_registry_token", "store_s3_secret_access_key")
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
     schema_registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
@@ -34,8 +197,8 @@ class PlatformSettings:
     store_data_path: str = ".local/stack/lake"
     #: Prefix of every topic name (tests use a random one per test for isolation).
     topic_prefix: str = ""
-    topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
     #: Stable identity of this process for Kafka transactions (transactional.id = group-instance).
     #: Keep it stable across restarts so a restarted instance fences its predecessor at once;
     #: empty = hostname-pid (unique, but a killed instance's open transaction then lingers until
@@ -44,7 +207,7 @@ class PlatformSettings:
     #: Interface of /metrics, /healthz, /readyz: loopback unless widened (containers set 0.0.0.0).
     http_host: str = "127.0.0.1"
     #: /metrics, /healthz and /readyz; unset = the service's default port, 0 = any free port (tests).
-    http_port: int | None = None
+    http_port: int | None = Field(default=None, ge=0, le=65535)
     log_level: str = "INFO"
     #: 'json' (default, for machines) or 'text' (for a person at a terminal).
     log_format: str = "json"
@@ -55,7 +218,7 @@ class PlatformSettings:
     #: consumers, admin clients, the init job): TLS, SASL, timeouts. See docs/security.md.
     kafka_config_file: str = ""
     #: ``KAFKA_<NAME>`` variables for client properties (KAFKA_SECURITY_PROTOCOL -> security.protocol,
-    #: ``__`` -> ``_``), filled by platform(); they override the file. Kept as pairs so the frozen
+    #: ``__`` -> ``_``), filled by from_env(); they override the file. Kept as pairs so the frozen
     #: settings stay hashable; never printed (see __repr__).
     kafka_client: tuple[tuple[str, str], ...] = ()
     #: Properties file for the schema registry client (ssl.ca.location, ssl.certificate.location,
@@ -63,10 +226,10 @@ class PlatformSettings:
     schema_registry_config_file: str = ""
     #: Private CA bundle for an https registry URL.
     schema_registry_ca_location: str = ""
-    #: Basic auth as ``user:password`` (or SCHEMA_REGISTRY_BASIC_AUTH_FILE holding it).
+    #: Basic auth as ``user:password`` (or SCHEMA_REGISTRY_BASIC_AUTH_FILE holding it); a static bearer
+    #: token (or SCHEMA_REGISTRY_TOKEN_FILE). Read through secret().
     schema_registry_basic_auth: str = ""
     schema_registry_basic_auth_file: str = ""
-    #: Static bearer token (or SCHEMA_REGISTRY_TOKEN_FILE holding it).
     schema_registry_token: str = ""
     schema_registry_token_file: str = ""
     #: A file holding the catalog password (mounted secret); it is added, escaped, to the
@@ -85,6 +248,13 @@ class PlatformSettings:
     store_s3_url_style: str = "vhost"
     store_s3_use_ssl: bool = True
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The platform settings plus the ``KAFKA_*`` client properties of the same environment."""
+        env = os.environ if environ is None else environ
+        base = super().from_env(env)
+        return base.replace(kafka_client=kafka_env_properties(env))
+
     def __repr__(self) -> str:
         """Settings end up in logs and tracebacks: show them with every secret redacted."""
         body = ", ".join(f"{k}={v!r}" for k, v in self.public().items())
@@ -97,77 +267,23 @@ class PlatformSettings:
         from reftrain.redact import redact_text
 
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "kafka_client":
+        for name, value in self.as_dict().items():
+            if name == "kafka_client":
                 value = redact_config(dict(value))
-            elif f.name in ("schema_registry_basic_auth", "schema_registry_token", "store_s3_secret_access_key") \
-                    and value:
+            elif name in self.secret_fields and value:
                 value = REDACTED
             elif isinstance(value, str):
                 value = redact_text(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
 
-def _convert(raw: str, annotation: Any, name: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if raw == "" and type(None) in args:
-            return None
-        return _convert(raw, non_none[0], name)
-    try:
-        if annotation is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if annotation is int:
-            return int(raw)
-        if annotation is float:
-            return float(raw)
-        if annotation is str:
-            return raw
-        if origin is tuple:
-            items = [s.strip() for s in raw.split(",") if s.strip()]
-            return tuple(_convert(s, args[0], name) for s in items)
-        if origin is dict:
-            # "k1=v1,k2=v2"
-            out = {}
-            for part in raw.split(","):
-                if part.strip():
-                    k, _, v = part.partition("=")
-                    out[k.strip()] = _convert(v.strip(), args[1], name)
-            return out
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a valid {annotation}") from exc
-    raise ConfigError(f"{name}: unsupported setting type {annotation}")
-
-
-def load(cls: type[T], prefix: str = "", environ: Mapping[str, str] | None = None) -> T:
-    """Build ``cls`` (a dataclass) from ``{prefix}{FIELD}`` environment variables."""
-    env = os.environ if environ is None else environ
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        var = f"{prefix}{field.name}".upper()
-        if var in env:
-            values[field.name] = _convert(env[var], hints[field.name], var)
-    return cls(**values)
-
-
 def platform(environ: Mapping[str, str] | None = None) -> PlatformSettings:
-    env = os.environ if environ is None else environ
-    base = load(PlatformSettings, "", env)
-    return dataclasses.replace(base, kafka_client=kafka_env_properties(env))
+    return PlatformSettings.from_env(environ)
 
 
 # -- Kafka / registry client configuration (one passthrough for every client) --------------------
 
-REDACTED = "[redacted]"  # same marker as reftrain.redact
 
 #: Kafka client properties that carry a secret: never logged, never in a repr.
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
@@ -230,13 +346,6 @@ def read_properties(path: str, what: str) -> dict[str, str]:
     return out
 
 
-def _secret_file(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path!r} cannot be read: {exc.strerror}") from None
-
-
 def kafka_client_config(settings: PlatformSettings) -> dict[str, Any]:
     """Connection properties shared by every producer, consumer and admin client: the bootstrap
     servers, KAFKA_CONFIG_FILE, then KAFKA_* variables (the more specific wins)."""
@@ -263,17 +372,13 @@ def registry_client_config(settings: PlatformSettings) -> dict[str, Any]:
         conf.update(read_properties(settings.schema_registry_config_file, "SCHEMA_REGISTRY_CONFIG_FILE"))
     if settings.schema_registry_ca_location:
         conf["ssl.ca.location"] = settings.schema_registry_ca_location
-    basic = settings.schema_registry_basic_auth or (
-        _secret_file(settings.schema_registry_basic_auth_file, "SCHEMA_REGISTRY_BASIC_AUTH_FILE")
-        if settings.schema_registry_basic_auth_file else "")
+    basic = secret(settings, "schema_registry_basic_auth")
     if basic:
         if ":" not in basic:
             raise ConfigError("SCHEMA_REGISTRY_BASIC_AUTH must be user:password")
         conf["basic.auth.credentials.source"] = "USER_INFO"
         conf["basic.auth.user.info"] = basic
-    token = settings.schema_registry_token or (
-        _secret_file(settings.schema_registry_token_file, "SCHEMA_REGISTRY_TOKEN_FILE")
-        if settings.schema_registry_token_file else "")
+    token = secret(settings, "schema_registry_token")
     if token:
         if basic:
             raise ConfigError("set either registry basic auth or a bearer token, not both")
@@ -288,18 +393,12 @@ def registry_client_config(settings: PlatformSettings) -> dict[str, Any]:
 
 def catalog_password(settings: PlatformSettings) -> str | None:
     """The catalog password from STORE_CATALOG_PASSWORD_FILE, if set."""
-    if not settings.store_catalog_password_file:
-        return None
-    return _secret_file(settings.store_catalog_password_file, "STORE_CATALOG_PASSWORD_FILE")
+    return secret(settings, "store_catalog_password") or None
 
 
 def s3_secret_access_key(settings: PlatformSettings) -> str:
     """STORE_S3_SECRET_ACCESS_KEY, or the content of STORE_S3_SECRET_ACCESS_KEY_FILE (a mounted secret)."""
-    if settings.store_s3_secret_access_key:
-        return settings.store_s3_secret_access_key
-    if settings.store_s3_secret_access_key_file:
-        return _secret_file(settings.store_s3_secret_access_key_file, "STORE_S3_SECRET_ACCESS_KEY_FILE")
-    return ""
+    return secret(settings, "store_s3_secret_access_key")
 
 
 def _conninfo_password(catalog: str) -> str | None:
@@ -315,7 +414,7 @@ def from_public(public: Mapping[str, Any], environ: Mapping[str, str] | None = N
     from the file. Without them the catalog is reached with libpq's own PGPASSFILE/PGPASSWORD or
     STORE_CATALOG_PASSWORD_FILE."""
     now = platform(environ)
-    values = {f.name: public[f.name] for f in dataclasses.fields(PlatformSettings) if f.name in public}
+    values = {name: public[name] for name in PlatformSettings.model_fields if name in public}
     values["kafka_client"] = now.kafka_client
     for name in ("schema_registry_basic_auth", "schema_registry_token", "store_s3_secret_access_key"):
         if values.get(name) == REDACTED:

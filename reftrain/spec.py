@@ -3,15 +3,17 @@
 Each ``services/<name>/spec.py`` declares one; ``services.catalog`` collects them. ops/stages.py,
 the README service table (checked by tests/unit/platform/test_service_specs.py), the deployment
 tests and ``python -m services.<name> --help`` read the spec instead of restating a port, a group
-or a topic list. Kept free of Kafka and of service imports so anything may import it.
+or a topic list. Kept free of Kafka and of service imports so anything may import it (reftrain.settings is
+pydantic only).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from reftrain.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class ServiceSpec:
     default_port: int
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    settings_class: type
+    settings_class: type[Settings]
     env_prefix: str
     readiness: str
     state: str = ""
@@ -58,16 +60,10 @@ class ServiceSpec:
 
     def settings(self) -> list[SettingDoc]:
         """The service's own variables (``<PREFIX><FIELD>``), in declaration order, with defaults."""
-        hints = typing.get_type_hints(self.settings_class)
-        out = []
-        for f in dataclasses.fields(self.settings_class):
-            default: Any = f.default
-            factory: Any = f.default_factory
-            if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
-                default = factory()
-            out.append(SettingDoc(f"{self.env_prefix}{f.name}".upper(), _type_name(hints[f.name]),
-                                  _env_text(default)))
-        return out
+        cls = self.settings_class
+        return [SettingDoc(cls.env_name(name), _type_name(f.annotation),
+                           _env_text(f.get_default(call_default_factory=True)))
+                for name, f in cls.model_fields.items()]
 
     def help_text(self) -> str:
         """What ``python -m services.<name> --help`` prints."""
@@ -96,6 +92,10 @@ EMPTY = "''"
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
     if origin is tuple:
         return f"{_type_name(typing.get_args(annotation)[0])},..."
     if origin is dict:

@@ -9,10 +9,10 @@ nothing is downloaded at run time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import duckdb
 import numpy as np
 
+from reftrain import retry
 from reftrain.blobs import Blobs, S3Target, blobs_for
 from reftrain.errors import StoreError
 from reftrain.records import Candle, Pivot
@@ -80,18 +81,6 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, catalog: str, remote: bool 
         import duckdb_extension_postgres_scanner
 
         con.execute(f"LOAD '{_extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner')}'")
-
-
-#: httpfs errors of an object store that is unreachable or overloaded (not 403/404: those are
-#: configuration errors and fail at once).
-_OBJECT_STORE_TRANSIENT = ("could not connect to server", "(http 500", "(http 502", "(http 503", "(http 504",
-                           "slowdown", "timed out")
-
-
-def _is_retryable(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return any(s in text for s in ("conflict", "could not serialize", "deadlock", "lock", "connection",
-                                   "timeout", "transaction", "server closed", *_OBJECT_STORE_TRANSIENT))
 
 
 def conninfo_quote(value: str) -> str:
@@ -189,7 +178,7 @@ class Store:
         self._with_retry(lambda: self.con.execute(attach_statement(self._attach_catalog, self.data_path)))
         if create:
             for stmt in DDL:
-                self._with_retry(lambda s=stmt: self.con.execute(s))  # type: ignore[misc]
+                self._with_retry(functools.partial(self.con.execute, stmt))
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, **kw: Any) -> Store:
@@ -215,22 +204,24 @@ class Store:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _with_retry(self, fn: Callable[[], T]) -> T:
-        delay = 0.05
-        for attempt in range(self.retries + 1):
-            try:
-                with self._lock:
+        """``fn`` under the store's lock, retried while it fails transiently (reftrain.retry decides by
+        exception type: commit conflicts, a lost catalog or object-store connection)."""
+
+        def attempt() -> T:
+            with self._lock:
+                try:
                     return fn()
-            except duckdb.Error as exc:
-                with contextlib.suppress(duckdb.Error):
-                    self.con.execute("ROLLBACK")
-                if attempt >= self.retries or not _is_retryable(exc):
-                    # DuckDB repeats the connection string (password too) in its errors: the
-                    # message is redacted and the original is not chained (tracebacks print it).
-                    raise StoreError(f"{type(exc).__name__}: {redact_text(str(exc))}") from None
-                log.warning("store retry", extra={"attempt": attempt + 1, "error": redact_text(str(exc))[:200]})
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")
+                except duckdb.Error:
+                    with contextlib.suppress(duckdb.Error):
+                        self.con.execute("ROLLBACK")
+                    raise
+
+        try:
+            return retry.call(attempt, self.retries + 1)
+        except duckdb.Error as exc:
+            # DuckDB repeats the connection string (password too) in its errors: the
+            # message is redacted and the original is not chained (tracebacks print it).
+            raise StoreError(f"{type(exc).__name__}: {redact_text(str(exc))}") from None
 
     def _in_transaction(self, fn: Callable[[], T]) -> T:
         def run() -> T:
@@ -332,6 +323,7 @@ class Store:
         rows = self.query(
             f"""SELECT {", ".join(CANDLE_COLS)} FROM {LAKE}.candles WHERE symbol = ? AND timeframe = ?
                 AND open_time > ? ORDER BY open_time LIMIT ?""", [symbol, timeframe, after, limit])
+        # a TypedDict cannot be built from a dict of runtime keys; CANDLE_COLS are Candle's fields
         return [dict(zip(CANDLE_COLS, r, strict=True)) for r in rows]  # type: ignore[misc]
 
     # -- pivots, models, quarantine -----------------------------------------------------------

@@ -11,10 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # where it is defined (confluent_kafka.admin re-exports it implicitly)
 
 from reftrain import kafka_errors
 from reftrain.errors import ConfigError, KafkaAuthError
+from reftrain.retry import kafka_error
 from reftrain.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,8 @@ class TopicCatalogue:
                     fut.result()
                     log.info("created topic", extra={"topic": name})
                 except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
-                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    err = kafka_error(exc)
+                    if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise ConfigError(f"cannot create topic {name}: {exc}") from exc
         self._wait_visible(admin, [s.name for s in wanted], timeout)
         self.check_partitions(admin, timeout)

@@ -12,7 +12,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -109,7 +108,7 @@ def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
     prefix = f"t{uuid.uuid4().hex[:10]}-"
     # created by the admin role, owned by the services' role (ops.catalog; docs/security.md)
     catalog = fresh_catalog(base.store_catalog, f"test_{uuid.uuid4().hex[:12]}")
-    p = replace(base, topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
+    p = base.replace(topic_prefix=prefix, store_catalog=catalog, store_data_path=str(tmp_path / "lake"), http_port=0)
     register_schemas(p)  # what the init job does in compose: services never register schemas
     return p
 

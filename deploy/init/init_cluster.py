@@ -13,7 +13,7 @@ TOPIC_PARTITIONS, TOPIC_REPLICATION) plus its own ``INIT_*`` settings (InitSetti
    from the catalogue, DLQs included) and checks that existing topics have the catalogue's
    partition count (a topic with another count would move series to other partitions);
 3. sets the compatibility of each ``<topic>-value`` subject (INIT_COMPATIBILITY, default
-   BACKWARD_TRANSITIVE, DESIGN §5) and registers the topic's current Avro schema from schemas/
+   BACKWARD_TRANSITIVE, docs/semantics.md "Records") and registers the topic's current Avro schema from schemas/
    (the same self-contained text the services' serializers register, so they find it);
 4. creates the DuckLake tables in the catalog (INIT_CREATE_STORE), so the services do not all race
    to create them on their first start.
@@ -36,9 +36,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 # Runnable as a plain script from a checkout or from the image (/app): the repo root holds reftrain/.
 _REPO = Path(__file__).resolve().parents[2]
@@ -47,35 +46,35 @@ if str(_REPO) not in sys.path:
 
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient  # noqa: E402
+from pydantic import Field  # noqa: E402
+from pydantic_settings import SettingsConfigDict  # noqa: E402
 
 from reftrain import logs, schemas, settings  # noqa: E402
 from reftrain.errors import ConfigError  # noqa: E402
 from reftrain.redact import redact_text  # noqa: E402
 from reftrain.serde import registry_client  # noqa: E402
-from reftrain.settings import PlatformSettings, kafka_client_config  # noqa: E402
+from reftrain.settings import PlatformSettings, Settings, kafka_client_config  # noqa: E402
 from reftrain.topics import RECORD_OF_TOPIC, TopicCatalogue  # noqa: E402
 
 log = logging.getLogger("reftrain.init")
 T = TypeVar("T")
 
-COMPATIBILITY_LEVELS = ("BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
-                        "FULL_TRANSITIVE", "NONE")
+Compatibility = Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
+                        "FULL_TRANSITIVE", "NONE"]
+COMPATIBILITY_LEVELS: tuple[str, ...] = get_args(Compatibility)
 
 
-@dataclass(frozen=True)
-class InitSettings:
+class InitSettings(Settings):
     """``INIT_*`` environment variables."""
 
+    model_config = SettingsConfigDict(env_prefix="INIT_")
+
     #: INIT_TIMEOUT_S: how long to wait for the broker, the registry and the catalog.
-    timeout_s: float = 180.0
+    timeout_s: float = Field(default=180.0, ge=0)
     #: INIT_COMPATIBILITY: compatibility level set on every value subject.
-    compatibility: str = "BACKWARD_TRANSITIVE"
+    compatibility: Compatibility = "BACKWARD_TRANSITIVE"
     #: INIT_CREATE_STORE: create the DuckLake tables (needs STORE_CATALOG and a writable STORE_DATA_PATH).
     create_store: bool = True
-
-    def __post_init__(self) -> None:
-        if self.compatibility not in COMPATIBILITY_LEVELS:
-            raise ConfigError(f"INIT_COMPATIBILITY={self.compatibility!r}; one of {COMPATIBILITY_LEVELS}")
 
 
 def subject_of(topic: str) -> str:
@@ -160,7 +159,7 @@ def register_schemas(platform: PlatformSettings, client: SchemaRegistryClient, c
 
 def prepare(platform: PlatformSettings, admin: AdminClient | None = None,
             client: SchemaRegistryClient | None = None,
-            compatibility: str = "BACKWARD_TRANSITIVE") -> list[dict[str, Any]]:
+            compatibility: Compatibility = "BACKWARD_TRANSITIVE") -> list[dict[str, Any]]:
     """Topics of the catalogue plus compatibility and schemas of every value subject, for
     ``platform.topic_prefix``; for callers whose stack is already up (tests, ops.run, faults)."""
     TopicCatalogue(platform).ensure(admin or AdminClient(kafka_client_config(platform)))
@@ -178,7 +177,7 @@ def create_store(platform: PlatformSettings) -> str:
 
 def run(check_only: bool = False, environ: dict[str, str] | None = None) -> dict[str, Any]:
     platform = settings.platform(environ)
-    init = settings.load(InitSettings, "INIT_", environ)
+    init = InitSettings.from_env(environ)
     deadline = time.monotonic() + init.timeout_s
     admin = AdminClient(kafka_client_config(platform))
     client = registry_client(platform)

@@ -261,33 +261,46 @@ pg_status() {
 }
 
 # --- Kafka ------------------------------------------------------------------------------------
-kafka_up() {
-  local dir="$STATE/kafka" pidf="$STATE/kafka.pid"
-  pid_alive "$pidf" && return
-  mkdir -p "$dir/data"
-  cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+# The parts every broker here shares (the single broker, the SASL broker, the cluster nodes):
+# kafka_storage_properties <dir> <replication factor> <min isr>: logs, partitions, internal topics.
+kafka_storage_properties() {
+  local dir="$1" rf="$2" isr="$3"
+  cat <<EOF
 log.dirs=$dir/data
 num.partitions=6
-default.replication.factor=1
-offsets.topic.replication.factor=1
+default.replication.factor=$rf
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
 transaction.state.log.num.partitions=6
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.segment.bytes=67108864
 EOF
+}
+
+# kafka_standalone_listeners <protocol> <port> <controller port>: a one-node broker+controller on loopback.
+kafka_standalone_listeners() {
+  local proto="$1" port="$2" cport="$3"
+  cat <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=$proto://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$proto://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=$proto
+listener.security.protocol.map=$proto:$proto,CONTROLLER:PLAINTEXT
+EOF
+}
+
+# kafka_prepare <dir> <java option>...: the broker's log4j2 file (log in <dir>/server.log) and its JVM
+# options in KAFKA_JAVA (the heap and tuning the caller gives, then G1 and the log4j2 file).
+kafka_prepare() {
+  local dir="$1"; shift
   cat >"$dir/log4j2.yaml" <<EOF
 Configuration:
   Appenders:
@@ -302,18 +315,41 @@ Configuration:
       AppenderRef:
         - ref: file
 EOF
-  local cp="$RUNTIME/kafka-libs/*"
-  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  KAFKA_JAVA=("$@" -XX:+UseG1GC -Djava.awt.headless=true "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+}
+
+# kafka_format <dir> <cluster id> [StorageTool option]...: format the KRaft storage (once, by the caller).
+kafka_format() {
+  local dir="$1" cid="$2"; shift 2
+  java "${KAFKA_JAVA[@]}" -cp "$RUNTIME/kafka-libs/*" kafka.tools.StorageTool format -t "$cid" \
+    -c "$dir/server.properties" "$@"
+}
+
+new_cluster_id() { tr -d '-' </proc/sys/kernel/random/uuid | head -c 22; }
+
+# kafka_start <dir> <pid file>: the broker in the background, its pid in <pid file>.
+kafka_start() {
+  nohup java "${KAFKA_JAVA[@]}" -cp "$RUNTIME/kafka-libs/*" kafka.Kafka "$1/server.properties" \
+    >"$1/stdout.log" 2>&1 &
+  echo $! >"$2"
+}
+
+kafka_up() {
+  local dir="$STATE/kafka" pidf="$STATE/kafka.pid"
+  pid_alive "$pidf" && return
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<EOF
+$(kafka_standalone_listeners PLAINTEXT "$KAFKA_PORT" "$CONTROLLER_PORT")
+$(kafka_storage_properties "$dir" 1 1)
+EOF
+  kafka_prepare "$dir" -Xms256m -Xmx768m
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting KRaft storage"
-    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | head -c 22)" \
-      -c "$dir/server.properties" --standalone >/dev/null
+    kafka_format "$dir" "$(new_cluster_id)" --standalone >/dev/null
   fi
   check_port_free kafka "$KAFKA_PORT"; check_port_free "kafka controller" "$CONTROLLER_PORT"
   log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
-  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
-  echo $! >"$pidf"
+  kafka_start "$dir" "$pidf"
 }
 
 # --- Apicurio Registry --------------------------------------------------------------------------
@@ -429,14 +465,7 @@ kafka_sasl_up() {
   mkdir -p "$dir/data"
   local ks admin; ks="$(sasl_secret keystore)"; admin="$(sasl_secret admin)"
   (umask 077; cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$SASL_CONTROLLER_PORT
-listeners=SASL_SSL://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$SASL_CONTROLLER_PORT
-advertised.listeners=SASL_SSL://127.0.0.1:$SASL_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=SASL_SSL
-listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+$(kafka_standalone_listeners SASL_SSL "$SASL_PORT" "$SASL_CONTROLLER_PORT")
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin";
@@ -447,48 +476,18 @@ ssl.truststore.type=PKCS12
 ssl.truststore.location=$d/truststore.p12
 ssl.truststore.password=$ks
 ssl.client.auth=none
-log.dirs=$dir/data
-num.partitions=6
-default.replication.factor=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=6
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.segment.bytes=67108864
+$(kafka_storage_properties "$dir" 1 1)
 EOF
   )
-  cat >"$dir/log4j2.yaml" <<EOF
-Configuration:
-  Appenders:
-    File:
-      name: file
-      fileName: $dir/server.log
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: INFO
-      AppenderRef:
-        - ref: file
-EOF
-  local cp="$RUNTIME/kafka-libs/*"
-  local java_opts=(-Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  kafka_prepare "$dir" -Xms256m -Xmx512m
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting KRaft storage with SCRAM-SHA-512 users admin and reftrain"
-    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format \
-      -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | head -c 22)" -c "$dir/server.properties" --standalone \
+    kafka_format "$dir" "$(new_cluster_id)" --standalone \
       --add-scram "SCRAM-SHA-512=[name=admin,password=$admin]" \
       --add-scram "SCRAM-SHA-512=[name=reftrain,password=$(sasl_secret reftrain)]" >/dev/null
   fi
   log "starting Kafka (SASL_SSL, SCRAM-SHA-512) on 127.0.0.1:$SASL_PORT"
-  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
-  echo $! >"$pidf"
+  kafka_start "$dir" "$pidf"
 }
 
 sasl_env() {
@@ -560,55 +559,26 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$dir/data
-num.partitions=6
-default.replication.factor=$rf
+$(kafka_storage_properties "$dir" "$rf" "$isr")
 min.insync.replicas=$isr
-offsets.topic.replication.factor=$rf
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=$rf
-transaction.state.log.min.isr=$isr
-transaction.state.log.num.partitions=6
-share.coordinator.state.topic.replication.factor=$rf
-share.coordinator.state.topic.min.isr=$isr
 unclean.leader.election.enable=false
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.segment.bytes=67108864
 EOF
-  cat >"$dir/log4j2.yaml" <<EOF
-Configuration:
-  Appenders:
-    File:
-      name: file
-      fileName: $dir/server.log
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: INFO
-      AppenderRef:
-        - ref: file
-EOF
-  local cp="$RUNTIME/kafka-libs/*"
-  local java_opts=(-Xms128m -Xmx512m -XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true
-                   "-Dlog4j2.configurationFile=$dir/log4j2.yaml")
+  kafka_prepare "$dir" -Xms128m -Xmx512m -XX:TieredStopAtLevel=1
   if [ ! -f "$dir/data/meta.properties" ]; then
-    java "${java_opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
-      >"$dir/format.log" 2>&1 || die "KRaft format of node $i failed: $(tail -n 2 "$dir/format.log" | tr '\n' ' ')"
+    kafka_format "$dir" "$cid" >"$dir/format.log" 2>&1 \
+      || die "KRaft format of node $i failed: $(tail -n 2 "$dir/format.log" | tr '\n' ' ')"
   fi
   check_port_free "kafka node $i" "$port"; check_port_free "kafka controller $i" "$cport"
   log "starting Kafka node $i on 127.0.0.1:$port (controller :$cport)"
-  nohup java "${java_opts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
-  echo $! >"$pidf"
+  kafka_start "$dir" "$pidf"
 }
 
 cluster_up() {
   mkdir -p "$STATE/cluster"
   local cidf="$STATE/cluster/cluster.id"
-  [ -s "$cidf" ] || tr -d '-' </proc/sys/kernel/random/uuid | head -c 22 >"$cidf"
+  [ -s "$cidf" ] || new_cluster_id >"$cidf"
   local i
   for i in $(seq 1 "$CLUSTER_N"); do cluster_node_up "$i" "$(cat "$cidf")"; done
 }

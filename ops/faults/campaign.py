@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class Campaign(FaultInjector):
         base = settings_mod.platform(env)
         db = "faults_" + uuid.uuid4().hex[:12]
         self.platform = PlatformSettings(**{
-            **asdict(base), "topic_prefix": f"{self.run_id}-",
+            **base.as_dict(), "topic_prefix": f"{self.run_id}-",
             "store_catalog": catalog.fresh_catalog(base.store_catalog, db, environ=self.catalog_env),
             # --lake s3: the run's lake, checkpoints and manifests under its own prefix of the bucket
             "store_data_path": (f"s3://{base.store_data_path.removeprefix('s3://').split('/')[0]}/{self.run_id}"

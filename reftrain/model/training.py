@@ -66,6 +66,7 @@ class SampleTarget:
             same_candle = np.array_equal(self.candle, other.candle)
         return self.action == other.action and self.pivot == other.pivot and same_candle
 
+    # unhashable on purpose (__eq__ compares arrays); typeshed declares __hash__ a method, not Optional
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -195,7 +196,7 @@ def training_step(
         at = torch.as_tensor(np.asarray(index, dtype=np.int64), device=dev)
         logits, candle, pivot = logits[at], candle[at], pivot[at]
     losses = compute_losses(logits, candle, pivot, batch_targets, dev)
-    losses["loss"].backward()  # type: ignore[no-untyped-call]
+    losses["loss"].backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
     return ({k: float(v.detach()) for k, v in losses.items()},

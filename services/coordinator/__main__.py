@@ -25,7 +25,7 @@ def body(rt: service.Runtime) -> None:
     app, _ = build_app(rt.platform, settings)
     log.info("coordinator settings", extra={
         "group": app.group, "instance_id": app.instance_id, "changelog": app.changelog,
-        "settings": {k: v for k, v in vars(settings).items()}})
+        "settings": settings.as_dict()})
     app.run(rt.stop, rt.health)
 
 

@@ -17,11 +17,13 @@ replica so a restarted replica fences its killed predecessor at once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Annotated
 
-from reftrain import settings
-from reftrain.errors import ConfigError
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
 from reftrain.records import TIMEFRAME_MS
+from reftrain.settings import Settings
 from services.coordinator.join_config import (
     DEFAULT_HOT_RETENTION_BARS,
     DEFAULT_MAX_LAG_BARS,
@@ -30,54 +32,47 @@ from services.coordinator.join_config import (
     JoinConfig,
 )
 
+#: A per-timeframe override map: ``1h=1800000,4h=7200000``; every value >= 0.
+Overrides = dict[str, Annotated[int, Field(ge=0)]]
 
-@dataclass(frozen=True)
-class CoordinatorSettings:
+
+class CoordinatorSettings(Settings):
     """Join knobs (see join_config.py for what each bound guarantees), alignment and transaction knobs."""
 
+    model_config = SettingsConfigDict(env_prefix="COORDINATOR_")
+
     #: ± ms around a pivot's pivot_time within which a ref's data_range_end joins it (docs/semantics.md, rule 6).
-    pivot_window_ms: int = DEFAULT_PIVOT_WINDOW_MS
-    pivot_window_ms_by_timeframe: dict[str, int] = field(default_factory=dict)
+    pivot_window_ms: int = Field(default=DEFAULT_PIVOT_WINDOW_MS, ge=0)
+    pivot_window_ms_by_timeframe: Overrides = Field(default_factory=dict)
     #: D: pivots confirmed more than D bars after pivot_time join nothing (a data rule, §6.7).
-    max_confirmation_bars: int = DEFAULT_MAX_PIVOT_CONFIRMATION_BARS
-    max_confirmation_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    max_confirmation_bars: int = Field(default=DEFAULT_MAX_PIVOT_CONFIRMATION_BARS, ge=0)
+    max_confirmation_bars_by_timeframe: Overrides = Field(default_factory=dict)
     #: S: an input whose event time is more than S bars behind its series' candle watermark is late.
-    max_lag_bars: int = DEFAULT_MAX_LAG_BARS
-    max_lag_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    max_lag_bars: int = Field(default=DEFAULT_MAX_LAG_BARS, ge=0)
+    max_lag_bars_by_timeframe: Overrides = Field(default_factory=dict)
     #: H: of the D bars a ref waits for pivots, how many it waits as a full in-memory record; after
     #: that it waits in the compact archive (memory and changelog size only, never the jobs).
-    hot_retention_bars: int = DEFAULT_HOT_RETENTION_BARS
-    hot_retention_bars_by_timeframe: dict[str, int] = field(default_factory=dict)
+    hot_retention_bars: int = Field(default=DEFAULT_HOT_RETENTION_BARS, ge=0)
+    hot_retention_bars_by_timeframe: Overrides = Field(default_factory=dict)
     #: Messages per consume call (and at most per transaction).
-    batch_size: int = 500
+    batch_size: int = Field(default=500, ge=1)
     #: How long one consume call waits to fill a batch: bounds the batching delay a live input sees
     #: (join latency) against the number of transactions per second.
-    poll_timeout_ms: int = 200
+    poll_timeout_ms: int = Field(default=200, ge=1)
     #: Event-time alignment: how long a held record waits for an input partition that is neither
     #: caught up nor delivering (e.g. an open transaction at its tail) before it stops waiting.
-    align_max_wait_ms: int = 5_000
+    align_max_wait_ms: int = Field(default=5_000, ge=0)
     #: Records held per input topic-partition before that partition is paused (memory bound).
-    align_max_buffered: int = 20_000
+    align_max_buffered: int = Field(default=20_000, ge=1)
 
-    def __post_init__(self) -> None:
-        for name in ("pivot_window_ms", "max_confirmation_bars", "max_lag_bars", "hot_retention_bars"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"COORDINATOR_{name.upper()} must be >= 0, got {getattr(self, name)}")
-            overrides: Mapping[str, int] = getattr(self, f"{name}_by_timeframe")
-            unknown = sorted(set(overrides) - set(TIMEFRAME_MS))
-            if unknown:
-                raise ConfigError(f"COORDINATOR_{name.upper()}_BY_TIMEFRAME: unknown timeframes {unknown}; "
-                                  f"known: {sorted(TIMEFRAME_MS)}")
-            if any(v < 0 for v in overrides.values()):
-                raise ConfigError(f"COORDINATOR_{name.upper()}_BY_TIMEFRAME: values must be >= 0")
-        if self.batch_size < 1:
-            raise ConfigError(f"COORDINATOR_BATCH_SIZE must be >= 1, got {self.batch_size}")
-        if self.poll_timeout_ms < 1:
-            raise ConfigError(f"COORDINATOR_POLL_TIMEOUT_MS must be >= 1, got {self.poll_timeout_ms}")
-        if self.align_max_wait_ms < 0:
-            raise ConfigError(f"COORDINATOR_ALIGN_MAX_WAIT_MS must be >= 0, got {self.align_max_wait_ms}")
-        if self.align_max_buffered < 1:
-            raise ConfigError(f"COORDINATOR_ALIGN_MAX_BUFFERED must be >= 1, got {self.align_max_buffered}")
+    @field_validator("pivot_window_ms_by_timeframe", "max_confirmation_bars_by_timeframe",
+                     "max_lag_bars_by_timeframe", "hot_retention_bars_by_timeframe")
+    @classmethod
+    def _known_timeframes(cls, overrides: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(overrides) - set(TIMEFRAME_MS))
+        if unknown:
+            raise ValueError(f"unknown timeframes {unknown}; known: {sorted(TIMEFRAME_MS)}")
+        return overrides
 
     def join_config(self) -> JoinConfig:
         """The engine's config: plain values expanded over every timeframe, overrides on top."""
@@ -95,4 +90,4 @@ class CoordinatorSettings:
 
 
 def load(environ: Mapping[str, str] | None = None) -> CoordinatorSettings:
-    return settings.load(CoordinatorSettings, "COORDINATOR_", environ)
+    return CoordinatorSettings.from_env(environ)

@@ -4,15 +4,15 @@ value stops the service with a clear message instead of producing refs the train
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from reftrain import settings
-from reftrain.errors import ConfigError
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
 from reftrain.records import split_series
+from reftrain.settings import Settings
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
+class InferenceSettings(Settings):
     """Environment ``INFERENCE_<FIELD>``:
 
     * ``window``: candles (rows) per model input; a ref's ``window_size`` (docs/semantics.md, Records: 600).
@@ -27,31 +27,25 @@ class InferenceSettings:
     * ``max_predict_batch``: windows per forward pass (bounds memory; larger batches are chunked).
     """
 
-    window: int = 600
-    horizon: int = 1
-    device: str = ""
-    torch_threads: int = 1
-    series: tuple[str, ...] = ()
-    batch_size: int = 500
-    max_predict_batch: int = 256
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_")
 
-    def __post_init__(self) -> None:
-        if self.window < 2:
-            # compute_norm_params needs two closes for a return scale; one row is no sequence.
-            raise ConfigError(f"INFERENCE_WINDOW must be >= 2, got {self.window}")
-        if self.horizon < 1:
-            raise ConfigError(f"INFERENCE_HORIZON must be >= 1 (no look-ahead: target after the window), "
-                              f"got {self.horizon}")
-        if self.torch_threads < 1:
-            raise ConfigError(f"INFERENCE_TORCH_THREADS must be >= 1, got {self.torch_threads}")
-        if self.batch_size < 1 or self.max_predict_batch < 1:
-            raise ConfigError("INFERENCE_BATCH_SIZE and INFERENCE_MAX_PREDICT_BATCH must be >= 1")
-        for s in self.series:
-            try:
-                split_series(s)
-            except ValueError as exc:
-                raise ConfigError(f"INFERENCE_SERIES: {exc}") from exc
+    #: >= 2: compute_norm_params needs two closes for a return scale; one row is no sequence.
+    window: int = Field(default=600, ge=2)
+    #: >= 1: no look-ahead, the target lies after the window (0 would be the window's own last candle).
+    horizon: int = Field(default=1, ge=1)
+    device: str = ""
+    torch_threads: int = Field(default=1, ge=1)
+    series: tuple[str, ...] = ()
+    batch_size: int = Field(default=500, ge=1)
+    max_predict_batch: int = Field(default=256, ge=1)
+
+    @field_validator("series")
+    @classmethod
+    def _series_keys(cls, series: tuple[str, ...]) -> tuple[str, ...]:
+        for s in series:
+            split_series(s)  # ValueError names the malformed key
+        return series
 
 
 def load(environ: Mapping[str, str] | None = None) -> InferenceSettings:
-    return settings.load(InferenceSettings, "INFERENCE_", environ)
+    return InferenceSettings.from_env(environ)

@@ -20,8 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from reftrain import settings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
 from reftrain.candlefiles import OverlongLine
+from reftrain.settings import Settings
 
 #: One WebSocket message (a kline event is ~600 bytes); a bigger one closes the connection (1009)
 #: and the stream reconnects with back-off. The connection also has an open timeout (10 s) and
@@ -32,18 +35,19 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 
 
-@dataclass(frozen=True)
-class IngestLimits:
+class IngestLimits(Settings):
+    model_config = SettingsConfigDict(env_prefix="INGEST_")
+
     #: INGEST_MAX_ZIP_UNCOMPRESSED_BYTES: a month of 1s klines is ~250 MB; 1 GiB leaves room.
-    max_zip_uncompressed_bytes: int = 1 << 30
+    max_zip_uncompressed_bytes: int = Field(default=1 << 30, ge=1)
     #: INGEST_MAX_LINE_CHARS: a Binance kline row is ~150 characters.
-    max_line_chars: int = 4096
+    max_line_chars: int = Field(default=4096, ge=1)
     #: INGEST_MAX_SERIES: distinct input series (symbol:timeframe) one ingest process accepts.
-    max_series: int = 64
+    max_series: int = Field(default=64, ge=1)
 
 
 def load() -> IngestLimits:
-    return settings.load(IngestLimits, "INGEST_")
+    return IngestLimits.from_env()
 
 
 

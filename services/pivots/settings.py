@@ -4,29 +4,28 @@ stops the service with a clear message instead of producing wrong pivots."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from reftrain import settings
-from reftrain.errors import ConfigError
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from reftrain.settings import Settings
 from services.pivots.detector import DEFAULT_STRENGTHS, validate_strengths
 
 
-@dataclass(frozen=True)
-class PivotSettings:
+class PivotSettings(Settings):
     """``PIVOTS_STRENGTHS="2,2,2,2,2"``: neighbours on each side per level (index 0 = L1; the number of
     values is the number of levels). ``PIVOTS_BATCH_SIZE``: candles per Kafka transaction at most."""
 
-    strengths: tuple[int, ...] = DEFAULT_STRENGTHS
-    batch_size: int = 500
+    model_config = SettingsConfigDict(env_prefix="PIVOTS_")
 
-    def __post_init__(self) -> None:
-        try:
-            validate_strengths(self.strengths)
-        except ValueError as exc:
-            raise ConfigError(f"PIVOTS_STRENGTHS: {exc}") from exc
-        if self.batch_size < 1:
-            raise ConfigError(f"PIVOTS_BATCH_SIZE must be >= 1, got {self.batch_size}")
+    strengths: tuple[int, ...] = DEFAULT_STRENGTHS
+    batch_size: int = Field(default=500, ge=1)
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, strengths: tuple[int, ...]) -> tuple[int, ...]:
+        return validate_strengths(strengths)  # ValueError: at least one level, each >= 1
 
 
 def load(environ: Mapping[str, str] | None = None) -> PivotSettings:
-    return settings.load(PivotSettings, "PIVOTS_", environ)
+    return PivotSettings.from_env(environ)

@@ -5,7 +5,6 @@ serializers never register anything (a subject the init did not create stays abs
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryError
@@ -40,7 +39,7 @@ def test_init_sets_backward_transitive_and_the_registry_refuses_a_breaking_schem
 
 
 def test_services_never_register_a_schema(platform: PlatformSettings) -> None:
-    fresh = replace(platform, topic_prefix=platform.topic_prefix + "noinit-")
+    fresh = platform.replace(topic_prefix=platform.topic_prefix + "noinit-")
     client = registry_client(fresh)
     topic = TopicCatalogue(fresh).name(CANDLES)
     serde = AvroSerde(client, topic, "reftrain.Candle")

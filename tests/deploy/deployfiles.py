@@ -4,7 +4,6 @@ where they are installed, and the services are started from them as local proces
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -18,6 +17,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from reftrain.settings import Settings
 from services import catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,13 +122,13 @@ def load_yaml_all(text: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------ settings
-def settings_class(svc: str) -> tuple[type, str]:
-    """The settings dataclass of a service and its env prefix, as its spec declares them."""
+def settings_class(svc: str) -> tuple[type[Settings], str]:
+    """The settings model of a service and its env prefix, as its spec declares them."""
     spec = catalog.BY_NAME[svc]
     return spec.settings_class, spec.env_prefix
 
 
-def init_settings_class() -> type:
+def init_settings_class() -> type[Settings]:
     spec = importlib.util.spec_from_file_location("reftrain_deploy_init", INIT_SCRIPT)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
@@ -137,8 +137,8 @@ def init_settings_class() -> type:
     return mod.InitSettings
 
 
-def env_names(cls: type, prefix: str = "") -> set[str]:
-    return {f"{prefix}{f.name}".upper() for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def env_names(cls: type[Settings], prefix: str = "") -> set[str]:
+    return {f"{prefix}{name}".upper() for name in cls.model_fields}
 
 
 def service_present(svc: str) -> bool:

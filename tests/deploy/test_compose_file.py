@@ -9,7 +9,6 @@ health checks and start order, GPU reservation and the CPU fallback, images and 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -406,10 +405,7 @@ def test_entrypoint_sets_instance_id_to_the_hostname_unless_given() -> None:
     out = subprocess.run(["sh", str(entry), "sh", "-c", 'printf %s "$INSTANCE_ID"'],
                          env={**env, "INSTANCE_ID": "trainer-a"}, capture_output=True, text=True, check=True).stdout
     assert out == "trainer-a"
-    for field in dataclasses.fields(PlatformSettings):
-        if field.name == "instance_id":
-            break
-    else:
+    if "instance_id" not in PlatformSettings.model_fields:
         pytest.fail("PlatformSettings has no instance_id")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -61,7 +60,7 @@ def test_checksum_is_the_same_in_another_process(platform: PlatformSettings) -> 
     here = store.read_range("BTCUSDT", "1m", candles[0]["open_time"], candles[-1]["open_time"]).checksum()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_read_checksum, args=(asdict(platform), candles[0]["open_time"],
+    p = ctx.Process(target=_read_checksum, args=(platform.as_dict(), candles[0]["open_time"],
                                                  candles[-1]["open_time"], q))
     p.start()
     p.join(60)
@@ -92,7 +91,7 @@ def test_concurrent_writers_and_readers_in_separate_processes(platform: Platform
     Store.from_settings(platform)  # creates the tables once
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    s = asdict(platform)
+    s = platform.as_dict()
     procs = [ctx.Process(target=_writer, args=(s, "W1", candles, q)),
              ctx.Process(target=_writer, args=(s, "W2", candles, q)),
              ctx.Process(target=_reader, args=(s, 30, q)),

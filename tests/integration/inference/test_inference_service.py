@@ -11,7 +11,6 @@ SIGTERM exits 0.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -107,7 +106,7 @@ def reread_elsewhere(platform: PlatformSettings, refs: list[dict[str, Any]], tmp
                      direct_every: int) -> list[dict[str, Any]]:
     """The re-read done by a fresh Python process (tests/integration/inference/reread_refs.py)."""
     src, dst = tmp / "refs.json", tmp / "reread.json"
-    src.write_text(json.dumps({"platform": dataclasses.asdict(platform), "refs": refs, "direct_every": direct_every}))
+    src.write_text(json.dumps({"platform": platform.as_dict(), "refs": refs, "direct_every": direct_every}))
     subprocess.run([sys.executable, "-m", "tests.integration.inference.reread_refs", str(src), str(dst)],
                    cwd=REPO, check=True, timeout=600)
     out: list[dict[str, Any]] = json.loads(dst.read_text())

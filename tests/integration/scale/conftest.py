@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,7 +70,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture
 def cluster_platform(platform: PlatformSettings, cluster: Cluster) -> PlatformSettings:
     """The test's platform (random prefix, own catalog) on the 3-broker cluster."""
-    return replace(platform, kafka_bootstrap_servers=cluster.bootstrap)
+    return platform.replace(kafka_bootstrap_servers=cluster.bootstrap)
 
 
 #: REFTRAIN_TEST_S3_PORT moves it; below the ephemeral range for the reason of CLUSTER_PORT (stack.sh
@@ -116,7 +116,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 def s3_platform(platform: PlatformSettings, s3: S3) -> PlatformSettings:
     """The test's platform (own catalog database) with its lake under its own prefix of the bucket."""
     e = s3.env
-    return replace(platform, store_data_path=f"s3://reftrain/{platform.topic_prefix.rstrip('-')}",
+    return platform.replace(store_data_path=f"s3://reftrain/{platform.topic_prefix.rstrip('-')}",
                    store_s3_endpoint=e["STORE_S3_ENDPOINT"], store_s3_access_key_id=e["STORE_S3_ACCESS_KEY_ID"],
                    store_s3_secret_access_key=e["STORE_S3_SECRET_ACCESS_KEY"], store_s3_region=e["STORE_S3_REGION"],
                    store_s3_url_style=e["STORE_S3_URL_STYLE"], store_s3_use_ssl=e["STORE_S3_USE_SSL"] == "true")

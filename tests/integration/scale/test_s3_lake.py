@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ def _local(platform: PlatformSettings, folder: Path) -> PlatformSettings:
     catalog) and a local folder: the local-lake baseline."""
     catalog = fresh_catalog(platform.store_catalog, f"test_{uuid.uuid4().hex[:12]}")
     assert catalog != platform.store_catalog
-    return replace(platform, store_catalog=catalog, store_data_path=str(folder))
+    return platform.replace(store_catalog=catalog, store_data_path=str(folder))
 
 
 def _objects(s3: S3, platform: PlatformSettings) -> list[Path]:
@@ -126,11 +125,11 @@ def test_a_remote_reader_without_any_lake_folder_reads_over_s3(s3_platform: Plat
 def test_a_wrong_secret_fails_clearly_and_is_never_printed(s3_platform: PlatformSettings) -> None:
     wrong = "not-the-secret-" + "x" * 24
     with pytest.raises(StoreError) as err:
-        store = Store.from_settings(replace(s3_platform, store_s3_secret_access_key=wrong))
+        store = Store.from_settings(s3_platform.replace(store_s3_secret_access_key=wrong))
         store.append_candles(real_candles(BTC, limit=1200))  # > inlining limit: a Parquet PUT
     assert wrong not in str(err.value)
     assert s3_platform.store_s3_secret_access_key not in str(err.value)
-    assert wrong not in repr(replace(s3_platform, store_s3_secret_access_key=wrong))
+    assert wrong not in repr(s3_platform.replace(store_s3_secret_access_key=wrong))
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def sasl_env() -> Iterator[dict[str, str]]:
 
 
 def _sasl(platform: PlatformSettings, sasl_env: dict[str, str]) -> PlatformSettings:
-    return replace(platform, kafka_bootstrap_servers=sasl_env["KAFKA_BOOTSTRAP_SERVERS"],
+    return platform.replace(kafka_bootstrap_servers=sasl_env["KAFKA_BOOTSTRAP_SERVERS"],
                    kafka_config_file=sasl_env["KAFKA_CONFIG_FILE"])
 
 

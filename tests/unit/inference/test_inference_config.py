@@ -1,4 +1,4 @@
-"""INFERENCE_* settings: defaults from DESIGN §5, parsing, and refusal of values that would break the
+"""INFERENCE_* settings: defaults (docs/semantics.md, Records), parsing, and refusal of values that would break the
 no-look-ahead rule or make refs the trainer cannot use."""
 
 from __future__ import annotations

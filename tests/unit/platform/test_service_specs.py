@@ -4,7 +4,6 @@ docs/platform.md, ops/stages.py, the code that builds the apps and ``--help`` to
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from ops import stages
 from reftrain import topics
+from reftrain.settings import Settings
 from reftrain.spec import ServiceSpec
 from services import catalog
 
@@ -47,7 +47,7 @@ def test_specs_are_consistent_with_each_other_and_the_topics() -> None:
         assert (REPO / "services" / s.name / "spec.py").is_file()
         assert s.env_prefix == f"{s.name.upper()}_"
         assert s.group("t1-") == f"t1-{s.name}"
-        assert dataclasses.is_dataclass(s.settings_class)
+        assert issubclass(s.settings_class, Settings) and s.settings_class.env_prefix() == s.env_prefix
         assert set(s.inputs) | set(s.outputs) <= set(topics.RECORD_OF_TOPIC), s.name
     ports = [s.default_port for s in catalog.SPECS]
     assert len(set(ports)) == len(ports)
@@ -92,7 +92,7 @@ def test_help_of_every_service_prints_its_spec_and_settings() -> None:
         assert produces.group(1).split(", ") == list(s.outputs)
         assert f"HTTP port: {s.default_port} " in out
         envs = re.findall(r"^  ([A-Z_]+) ", out, re.M)
-        assert envs == [f"{s.env_prefix}{f.name}".upper() for f in dataclasses.fields(s.settings_class)]
+        assert envs == [f"{s.env_prefix}{name}".upper() for name in s.settings_class.model_fields]
 
 
 def test_help_shows_defaults_as_they_would_be_written_in_the_environment() -> None:

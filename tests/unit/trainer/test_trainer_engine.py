@@ -10,7 +10,7 @@ import copy
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,7 @@ def test_kill_inside_each_checkpoint_step(tmp_path: Path, btc: Sequence[Candle],
                                           topic: Topic, reference: dict[str, dict[str, Any]], stage: str) -> None:
     h = Harness(MemStore(tmp_path, [*btc, *eth_1h]), topic)
     with pytest.raises(FailpointHit):
-        h.run(h.engine(replace(SETTINGS, failpoint=f"{stage}:3")))
+        h.run(h.engine(SETTINGS.replace(failpoint=f"{stage}:3")))
     assert h.run(h.engine())
     assert same_weights(h.check_exactly_once(), reference)
 
