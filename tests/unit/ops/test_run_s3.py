@@ -3,7 +3,6 @@ service gets the STORE_S3_* settings (none for a folder lake)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from ops.run import run_data_path, s3_env, service_env
@@ -18,7 +17,7 @@ def test_a_run_gets_its_own_prefix_of_the_stacks_bucket(tmp_path: Path) -> None:
 def test_services_get_the_s3_settings_only_for_an_s3_lake() -> None:
     base = settings_mod.platform({"STORE_DATA_PATH": "/x"})
     assert s3_env(base) == {}
-    s3 = replace(base, store_data_path="s3://reftrain/runs/r", store_s3_endpoint="127.0.0.1:19300",
+    s3 = base.replace(store_data_path="s3://reftrain/runs/r", store_s3_endpoint="127.0.0.1:19300",
                  store_s3_access_key_id="reftrain", store_s3_secret_access_key="k3y", store_s3_url_style="path",
                  store_s3_use_ssl=False)
     env = service_env({"PATH": "/bin"}, s3, "trainer-1", 0, {})
