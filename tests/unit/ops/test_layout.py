@@ -27,6 +27,8 @@ def test_bench_does_not_import_tests() -> None:
 
 
 def test_only_ops_catalog_runs_psql() -> None:
+    """On this host; the compose test's psql runs inside the postgres container (docker compose exec)."""
+    inside_containers = {"tests/compose/test_compose_stack.py"}
     runs = [p.relative_to(REPO).as_posix() for d in ("ops", "bench", "tests", "services", "reftrain")
             for p in (REPO / d).rglob("*.py") if p != Path(__file__) and '"psql"' in p.read_text()]
-    assert runs == ["ops/catalog.py"], runs
+    assert sorted(set(runs) - inside_containers) == ["ops/catalog.py"], runs

@@ -123,7 +123,7 @@ def test_secrets_come_from_their_file_through_one_reader(tmp_path: Path) -> None
 
 
 #: Upper-case words in the docs that look like variables but are not (a topic constant).
-NOT_VARIABLES = {"INFERENCE_REFS"}
+NOT_VARIABLES = {"INFERENCE_REFS", "TOPIC_ALREADY_EXISTS"}  # a topic constant; a Kafka error code
 PREFIXES = ("COORDINATOR_", "INFERENCE_", "INGEST_", "PIVOTS_", "TRAINER_", "INIT_", "STORE_",
             "SCHEMA_REGISTRY_", "TOPIC_", "HTTP_", "LOG_", "INSTANCE_")
 
