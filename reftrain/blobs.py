@@ -30,13 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from reftrain.adapters import atomic_write
 from reftrain.errors import ReftrainError, StoreError
+
+if TYPE_CHECKING:
+    from reftrain.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +116,11 @@ class LocalBlobs:
 
 
 @dataclass(frozen=True)
-class S3Target:
-    """Bucket, key prefix and how to reach them; ``endpoint`` host[:port], empty = AWS."""
+class S3Config:
+    """Where and how to reach the bucket of an s3:// data path, shared by DuckDB's httpfs
+    (reftrain.store) and ``S3Blobs``. ``endpoint`` is host[:port] of a non-AWS S3 API (empty = AWS).
+    The secret never appears in repr()."""
 
-    bucket: str
-    prefix: str
     endpoint: str = ""
     key_id: str = ""
     secret: str = field(default="", repr=False)
@@ -126,14 +129,31 @@ class S3Target:
     use_ssl: bool = True
 
     @classmethod
-    def parse(cls, url: str, **kw: object) -> S3Target:
+    def from_settings(cls, settings: PlatformSettings) -> S3Config:
+        from reftrain.settings import s3_secret_access_key
+
+        return cls(settings.store_s3_endpoint, settings.store_s3_access_key_id, s3_secret_access_key(settings),
+                   settings.store_s3_region, settings.store_s3_url_style, settings.store_s3_use_ssl)
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Target(S3Config):
+    """A bucket and key prefix plus the connection (``S3Config``) that reaches them."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str, conn: S3Config | None = None) -> S3Target:
         """``s3://bucket/prefix`` plus the connection settings."""
         if not url.startswith("s3://"):
             raise ValueError(f"not an s3:// URL: {url!r}")
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"no bucket in {url!r}")
-        return cls(bucket, prefix.strip("/"), **kw)  # type: ignore[arg-type]
+        c = conn or S3Config()
+        return cls(bucket=bucket, prefix=prefix.strip("/"), endpoint=c.endpoint, key_id=c.key_id, secret=c.secret,
+                   region=c.region, url_style=c.url_style, use_ssl=c.use_ssl)
 
 
 class S3Blobs:
@@ -244,25 +264,16 @@ def sign(method: str, host: str, canonical_path: str, body: bytes, t: S3Target, 
     return headers
 
 
-def blobs_for(data_path: str, s3: S3Target | None = None) -> Blobs:
+def blobs_for(data_path: str, s3: S3Config | None = None) -> Blobs:
     """The blobs of a data path: S3 for ``s3://`` (``s3`` carries the connection), files otherwise."""
     if data_path.startswith("s3://"):
-        base = s3 or S3Target.parse(data_path)
-        return S3Blobs(S3Target.parse(data_path, endpoint=base.endpoint, key_id=base.key_id, secret=base.secret,
-                                      region=base.region, url_style=base.url_style, use_ssl=base.use_ssl))
+        return S3Blobs(S3Target.parse(data_path, s3))
     return LocalBlobs(data_path)
 
 
-def blobs_from_settings(settings: Any) -> Blobs:
+def blobs_from_settings(settings: PlatformSettings) -> Blobs:
     """The blobs of a ``PlatformSettings``' data path (STORE_DATA_PATH and STORE_S3_*)."""
-    from reftrain.settings import s3_secret_access_key
-
-    if not settings.store_data_path.startswith("s3://"):
-        return LocalBlobs(settings.store_data_path)
-    return blobs_for(settings.store_data_path, S3Target.parse(
-        settings.store_data_path, endpoint=settings.store_s3_endpoint, key_id=settings.store_s3_access_key_id,
-        secret=s3_secret_access_key(settings), region=settings.store_s3_region,
-        url_style=settings.store_s3_url_style, use_ssl=settings.store_s3_use_ssl))
+    return blobs_for(settings.store_data_path, S3Config.from_settings(settings))
 
 
 def blobs_of(store: Any) -> Blobs:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,11 +24,12 @@ import duckdb
 import numpy as np
 
 from reftrain import retry
-from reftrain.blobs import Blobs, S3Target, blobs_for
+from reftrain.blobs import Blobs, blobs_for
+from reftrain.blobs import S3Config as S3Config  # re-exported: the store's S3 connection
 from reftrain.errors import StoreError
 from reftrain.records import Candle, Pivot
 from reftrain.redact import REDACTED, redact_text
-from reftrain.settings import PlatformSettings, catalog_password, s3_secret_access_key
+from reftrain.settings import PlatformSettings, catalog_password
 from reftrain.window import COLUMNS, Window
 
 log = logging.getLogger(__name__)
@@ -112,24 +113,6 @@ REMOTE_SCHEMES = ("s3://",)
 def is_remote(data_path: str) -> bool:
     """An object-store data path (the lake on S3) rather than a local folder."""
     return data_path.startswith(REMOTE_SCHEMES)
-
-
-@dataclass(frozen=True)
-class S3Config:
-    """Where and how DuckDB's httpfs reaches the bucket of an s3:// data path. ``endpoint`` is
-    host[:port] of a non-AWS S3 API (empty = AWS). The secret never appears in repr()."""
-
-    endpoint: str = ""
-    key_id: str = ""
-    secret: str = field(default="", repr=False)
-    region: str = "us-east-1"
-    url_style: str = "vhost"
-    use_ssl: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: PlatformSettings) -> S3Config:
-        return cls(settings.store_s3_endpoint, settings.store_s3_access_key_id, s3_secret_access_key(settings),
-                   settings.store_s3_region, settings.store_s3_url_style, settings.store_s3_use_ssl)
 
 
 def s3_secret_statement(cfg: S3Config) -> str:
@@ -368,10 +351,7 @@ class Store:
         """Checkpoints and trainer manifests next to the lake: files under a local data path,
         objects under an s3:// one, with the same credentials (reftrain.blobs)."""
         if self._blobs is None:
-            c = self._s3
-            self._blobs = blobs_for(self.data_path, S3Target.parse(
-                self.data_path, endpoint=c.endpoint, key_id=c.key_id, secret=c.secret, region=c.region,
-                url_style=c.url_style, use_ssl=c.use_ssl) if self.remote else None)
+            self._blobs = blobs_for(self.data_path, self._s3)
         return self._blobs
 
     def checkpoint_dir(self) -> Path:

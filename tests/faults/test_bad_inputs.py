@@ -1,4 +1,4 @@
-"""The bad-input corpus (docs/reliability.md, "Bad input"): every kind of bad input, sent to the REAL services running as
+"""The bad-input corpus (docs/reliability.md): every kind of bad input, sent to the REAL services running as
 subprocesses, gets its defined outcome, and the service keeps processing the good input after it.
 
 Defined outcomes asserted here:

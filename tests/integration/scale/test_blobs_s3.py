@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from reftrain.blobs import BlobPathError, BlobStoreError, S3Blobs, S3Target
+from reftrain.blobs import BlobPathError, BlobStoreError, S3Blobs, S3Config, S3Target
 from reftrain.errors import StoreError
 from tests.integration.scale.conftest import S3
 
@@ -21,10 +21,9 @@ pytestmark = pytest.mark.kafka  # a private S3Proxy (started by the fixture)
 
 def _target(s3: S3, prefix: str) -> S3Target:
     e = s3.env
-    return S3Target.parse(f"s3://reftrain/{prefix}", endpoint=e["STORE_S3_ENDPOINT"],
-                          key_id=e["STORE_S3_ACCESS_KEY_ID"], secret=e["STORE_S3_SECRET_ACCESS_KEY"],
-                          region=e["STORE_S3_REGION"], url_style=e["STORE_S3_URL_STYLE"],
-                          use_ssl=e["STORE_S3_USE_SSL"] == "true")
+    return S3Target.parse(f"s3://reftrain/{prefix}", S3Config(
+        endpoint=e["STORE_S3_ENDPOINT"], key_id=e["STORE_S3_ACCESS_KEY_ID"], secret=e["STORE_S3_SECRET_ACCESS_KEY"],
+        region=e["STORE_S3_REGION"], url_style=e["STORE_S3_URL_STYLE"], use_ssl=e["STORE_S3_USE_SSL"] == "true"))
 
 
 def test_objects_round_trip_over_sigv4(s3: S3) -> None:
