@@ -233,14 +233,8 @@ def service_env(base: dict[str, str], platform: PlatformSettings, instance: str,
                 extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith(SERVICE_PREFIXES)}
     env.update(extra)
+    env.update(platform.connection_env())
     env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": platform.kafka_bootstrap_servers,
-        "SCHEMA_REGISTRY_URL": platform.schema_registry_url,
-        "STORE_CATALOG": platform.store_catalog,
-        "STORE_CATALOG_PASSWORD_FILE": platform.store_catalog_password_file,
-        "STORE_DATA_PATH": platform.store_data_path,
-        "TOPIC_PREFIX": platform.topic_prefix,
-        "TOPIC_PARTITIONS": str(platform.topic_partitions),
         "INSTANCE_ID": instance,
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(port),

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING, Protocol
 
 from reftrain import logs, settings
 from reftrain import observability as obs
@@ -20,7 +21,16 @@ from reftrain.settings import PlatformSettings
 from reftrain.spec import ServiceSpec
 from reftrain.topics import TopicCatalogue
 
+if TYPE_CHECKING:
+    from reftrain.store import Store
+
 log = logging.getLogger(__name__)
+
+
+class Runnable(Protocol):
+    """What a service body runs: a ``reftrain.streams.StreamApp`` (stop event, health)."""
+
+    def run(self, stop: threading.Event, health: Health) -> None: ...
 
 
 @dataclass
@@ -31,6 +41,17 @@ class Runtime:
     stop: threading.Event
     catalogue: TopicCatalogue
     http_port: int
+
+    def run_with_store(self, build: Callable[[Store], Runnable]) -> None:
+        """Open the store, build the app on it, run it until stopped, close the store: the body
+        of every service that reads or writes the lake."""
+        from reftrain.store import Store  # here: ``--help`` answers without loading DuckDB
+
+        store = Store.from_settings(self.platform)
+        try:
+            build(store).run(self.stop, self.health)
+        finally:
+            store.close()
 
 
 def restart_on(

@@ -277,6 +277,19 @@ class PlatformSettings(Settings):
             out[name] = value
         return out
 
+    def connection_env(self) -> dict[str, str]:
+        """Where the infrastructure is, as the variables a service subprocess reads (ops.run's
+        services, the tests' subprocesses): the run's own topics, catalog and lake."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": self.schema_registry_url,
+            "STORE_CATALOG": self.store_catalog,
+            "STORE_CATALOG_PASSWORD_FILE": self.store_catalog_password_file,
+            "STORE_DATA_PATH": self.store_data_path,
+            "TOPIC_PREFIX": self.topic_prefix,
+            "TOPIC_PARTITIONS": str(self.topic_partitions),
+        }
+
 
 def platform(environ: Mapping[str, str] | None = None) -> PlatformSettings:
     return PlatformSettings.from_env(environ)

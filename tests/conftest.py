@@ -117,14 +117,8 @@ def platform(stack: dict[str, str], tmp_path: Path) -> PlatformSettings:
 def platform_env(platform: PlatformSettings) -> dict[str, str]:
     """The same settings as environment variables, for starting services as subprocesses."""
     env = dict(os.environ)
+    env.update(platform.connection_env())
     env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": platform.kafka_bootstrap_servers,
-        "SCHEMA_REGISTRY_URL": platform.schema_registry_url,
-        "STORE_CATALOG": platform.store_catalog,
-        "STORE_CATALOG_PASSWORD_FILE": platform.store_catalog_password_file,
-        "STORE_DATA_PATH": platform.store_data_path,
-        "TOPIC_PREFIX": platform.topic_prefix,
-        "TOPIC_PARTITIONS": str(platform.topic_partitions),
         "HTTP_PORT": "0",  # a free port unless a test names one: parallel runs never clash
         "PYTHONPATH": str(REPO),
         "LOG_FORMAT": "json",

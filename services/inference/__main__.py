@@ -40,20 +40,17 @@ def body(rt: service.Runtime) -> None:
     log.info("inference settings", extra={
         "window": settings.window, "horizon": settings.horizon, "device": str(device),
         "torch_threads": settings.torch_threads, "series": list(settings.series), "group": group})
-    store = Store.from_settings(rt.platform)
-    try:
+    def build(store: Store) -> StreamApp:
         registry = ModelRegistry(store, device)
         log.info("model adapter", extra={"adapter": registry.adapter_cls.kind()})
         registry.seed_model()  # build version 0 before the first batch
         processor = InferenceProcessor(store, registry, window_size=settings.window, horizon=settings.horizon,
                                        series=settings.series, max_predict_batch=settings.max_predict_batch)
-        app = StreamApp(SPEC.name, rt.platform, list(SPEC.inputs), group=group, processor=processor,
-                        stateful=False, batch_size=settings.batch_size, release=ArrivalOrder(),
-                        commit=KafkaTransaction())
-        app.run(rt.stop, rt.health)
-    finally:
-        store.close()
+        return StreamApp(SPEC.name, rt.platform, list(SPEC.inputs), group=group, processor=processor,
+                         stateful=False, batch_size=settings.batch_size, release=ArrivalOrder(),
+                         commit=KafkaTransaction())
 
+    rt.run_with_store(build)
 
 if __name__ == "__main__":
     service.main(SPEC, body)

@@ -17,19 +17,13 @@ log = logging.getLogger("services.pivots")
 
 def body(rt: service.Runtime) -> None:
     # imported here so that ``--help`` answers without loading the Kafka client
-    from reftrain.store import Store
     from services.pivots.streaming import build_app
 
     settings = pivots_settings.load()
     log.info("pivot settings", extra={
         "strengths": list(settings.strengths), "batch_size": settings.batch_size,
         "group": SPEC.group(rt.platform.topic_prefix)})
-    store = Store.from_settings(rt.platform)
-    try:
-        app, _ = build_app(rt.platform, settings, store)
-        app.run(rt.stop, rt.health)
-    finally:
-        store.close()
+    rt.run_with_store(lambda store: build_app(rt.platform, settings, store)[0])
 
 
 if __name__ == "__main__":

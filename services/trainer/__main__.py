@@ -20,16 +20,10 @@ log = logging.getLogger("services.trainer")
 
 def body(rt: service.Runtime) -> None:
     # imported here so that ``--help`` answers without loading torch and the Kafka client
-    from reftrain.store import Store
     from services.trainer.processor import build_app
 
     settings = trainer_settings.load()
-    store = Store.from_settings(rt.platform)
-    try:
-        app, _ = build_app(rt.platform, settings, store)
-        app.run(rt.stop, rt.health)
-    finally:
-        store.close()
+    rt.run_with_store(lambda store: build_app(rt.platform, settings, store)[0])
 
 
 if __name__ == "__main__":

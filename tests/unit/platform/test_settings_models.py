@@ -160,3 +160,15 @@ def test_the_generic_loader_refuses_a_prefix_that_is_not_the_models() -> None:
     assert settings.load(TrainerSettings, "TRAINER_", {"TRAINER_BATCH": "4"}).batch == 4
     with pytest.raises(ConfigError, match="reads TRAINER_"):
         settings.load(TrainerSettings, "PIVOTS_", {})
+
+
+def test_connection_env_reads_back_as_the_same_connection() -> None:
+    """What ops.run and the tests hand a service subprocess names the same infrastructure."""
+    p = settings.platform({"KAFKA_BOOTSTRAP_SERVERS": "h:1", "SCHEMA_REGISTRY_URL": "http://r:2",
+                           "STORE_CATALOG": "postgres:dbname=x host=h user=u", "STORE_CATALOG_PASSWORD_FILE": "/pw",
+                           "STORE_DATA_PATH": "/lake", "TOPIC_PREFIX": "run-", "TOPIC_PARTITIONS": "3"})
+    back = settings.platform(p.connection_env())
+    names = ("kafka_bootstrap_servers", "schema_registry_url", "store_catalog", "store_catalog_password_file",
+             "store_data_path", "topic_prefix", "topic_partitions")
+    assert {n: getattr(back, n) for n in names} == {n: getattr(p, n) for n in names}
+    assert back.topic_partitions == 3 and back.store_catalog_password_file == "/pw"
