@@ -61,11 +61,10 @@ def _hidden_namespace_ok() -> bool:
 
 
 def _env(p: PlatformSettings, s3: S3, home: Path) -> dict[str, str]:
-    """Only what a trainer on another host would get: brokers, registry, catalog, the bucket."""
+    """Only what a trainer on another host would get: brokers, registry, catalog (and its password
+    file), the bucket."""
     return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(home), "LOG_FORMAT": "json",
-            "KAFKA_BOOTSTRAP_SERVERS": p.kafka_bootstrap_servers, "SCHEMA_REGISTRY_URL": p.schema_registry_url,
-            "STORE_CATALOG": p.store_catalog, "STORE_DATA_PATH": p.store_data_path,
-            "TOPIC_PREFIX": p.topic_prefix, "TOPIC_PARTITIONS": str(p.topic_partitions), **s3.env}
+            **p.connection_env(), **s3.env}
 
 
 def _ingest(p: PlatformSettings, s3: S3, tmp: Path) -> None:

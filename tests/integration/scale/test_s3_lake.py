@@ -90,8 +90,7 @@ print("verified", store.data_path)
 
 
 def _env(platform: PlatformSettings, s3: S3) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "STORE_CATALOG": platform.store_catalog,
-            "STORE_DATA_PATH": platform.store_data_path, **s3.env}
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **platform.connection_env(), **s3.env}
 
 
 def test_a_remote_reader_without_any_lake_folder_reads_over_s3(s3_platform: PlatformSettings, s3: S3,
