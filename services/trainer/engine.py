@@ -1,7 +1,7 @@
 """The trainer's engine: models per key, training on prepared batches, and partition checkpoints.
 
-No Kafka here: the runtime (reftrain.streams, CheckpointOffsets via processor.py) tells the engine which partitions it owns, hands it
-decoded jobs, and passes a ``before_commit`` callable (flush dead letters, commit offsets to Kafka
+No Kafka here: the runtime (reftrain.streams, CheckpointOffsets via processor.py) tells the engine
+which partitions it owns, hands it decoded jobs, and passes a ``before_commit`` callable (flush dead letters, commit offsets to Kafka
 as a fence) and a ``publish`` callable (ModelVersion). So the exactly-once protocol of lineage.py is
 testable without a broker, crash windows included.
 
