@@ -1,9 +1,9 @@
 """The trainer's engine: models per key, training on prepared batches, and partition checkpoints.
 
 No Kafka here: the runtime (reftrain.streams, CheckpointOffsets via processor.py) tells the engine
-which partitions it owns, hands it decoded jobs, and passes a ``before_commit`` callable (flush dead letters, commit offsets to Kafka
-as a fence) and a ``publish`` callable (ModelVersion). So the exactly-once protocol of lineage.py is
-testable without a broker, crash windows included.
+which partitions it owns, hands it decoded jobs, and passes a ``before_commit`` callable (flush dead
+letters, commit offsets to Kafka as a fence) and a ``publish`` callable (ModelVersion). So the
+exactly-once protocol of lineage.py is testable without a broker, crash windows included.
 
 Device: CUDA when present (bfloat16 autocast when ``TRAINER_AMP``; inputs go through pinned memory in
 ``reftrain.model.network.to_device``), CPU otherwise. On CPU training is deterministic: the same jobs
